@@ -1,0 +1,66 @@
+"""Pretrain a Llama model from a recipe with Ray Train + DeepSpeed ZeRO.
+
+    ray job submit --working-dir . -- python jobs/pretrain.py --config recipes/smollm2-135m.yaml
+    python jobs/pretrain.py --config recipes/tiny.yaml --dry-run
+
+Running the same command again resumes from the latest complete checkpoint.
+"""
+
+import os
+import sys
+
+# This folder holds tokenize.py, which would shadow the standard library's
+# `tokenize` (Python puts a script's folder first on sys.path): drop it.
+_here = os.path.dirname(os.path.realpath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != _here]
+
+from smolray.cli import load, recipe_parser, run
+from smolray.cluster import connect
+from smolray.data.plan import DataPlanError, build_plan
+from smolray.tokenizer import fingerprint
+from smolray.train.dryrun import describe
+from smolray.train.export import export_hf
+from smolray.train.summary import build_summary, format_summary, write_summary
+from smolray.train.trainer import build_trainer, log_dir, output_dir
+
+
+def main() -> None:
+    p = recipe_parser(__doc__)
+    p.add_argument("--dry-run", action="store_true", help="print the plan and start nothing")
+    p.add_argument("--stop-at-step", type=int, help="checkpoint and stop after this step")
+    p.add_argument("--sample-log", help="directory to log every trained sequence's identity")
+    p.add_argument("--prompt", default="The ", help="prompt for the closing greedy sample")
+    args = p.parse_args()
+
+    # 1. The recipe and its data plan: every check before any cluster work.
+    recipe = load(args)
+    try:
+        plan, error = build_plan(recipe, tokenizer_fingerprint=fingerprint(recipe.tokenizer)), None
+    except (DataPlanError, FileNotFoundError) as e:
+        plan, error = None, str(e)
+    if args.dry_run:
+        print(describe(recipe, plan, error))
+        return
+    if error:
+        raise DataPlanError(error)
+
+    # 2. Train (or resume) on the cluster.
+    connect()
+    result = build_trainer(recipe, plan, args.stop_at_step, args.sample_log).fit()
+    step = result.metrics["step"]
+    if step < recipe.total_steps:
+        print(f"stopped at step {step} of {recipe.total_steps}; checkpoint {result.checkpoint.path}. "
+              "Run the same command again to continue.")
+        return
+
+    # 3. Export a Hugging Face model and report.
+    out = output_dir(recipe)
+    with result.checkpoint.as_directory() as ckpt:
+        export = export_hf(ckpt, recipe, os.path.join(out, "export"))
+    summary = build_summary(recipe, log_dir(recipe), result.checkpoint.path, export, args.prompt)
+    write_summary(summary, os.path.join(out, "summary.json"))
+    print(format_summary(summary))
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,37 @@
+"""Shared command-line plumbing for the entry points in jobs/."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from smolray.data.plan import DataPlanError
+from smolray.data.raw import RawDataError
+from smolray.data.shards import ShardError
+from smolray.recipe import Recipe, RecipeError, load_recipe
+
+USER_ERRORS = (RecipeError, DataPlanError, ShardError, RawDataError, FileNotFoundError)
+
+
+def recipe_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", required=True, help="recipe YAML, e.g. recipes/tiny.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set train.zero_stage=3 (repeatable)")
+    return p
+
+
+def load(args: argparse.Namespace) -> Recipe:
+    return load_recipe(args.config, args.set)
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run an entry point; user errors print one clear message and exit 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main()
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,130 @@
+"""Getting a Ray cluster: join the one a job runs on, or own a local head.
+
+`LocalHead` starts `ray start --head --block` in a process session of its
+own with a private temp dir and ports, and stops exactly that session: it
+never runs `ray stop`, which would kill every Ray process on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import ray
+
+
+def connect(min_cpus: int = 8) -> None:
+    """Join the cluster of `ray job submit` (or RAY_ADDRESS); else start a local one.
+
+    A local cluster gets more logical CPUs than cores: trainer workers book
+    whole CPUs, and Ray Data's read tasks need CPUs of their own or the job
+    hangs behind them.
+    """
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    ray.init(num_cpus=max(min_cpus, os.cpu_count() or 1), include_dashboard=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalHead:
+    """A private single-node Ray cluster with a job server, for demos and tests."""
+
+    def __init__(self, num_cpus: int = 8, env: dict[str, str] | None = None):
+        self.num_cpus = num_cpus
+        self.temp_dir = tempfile.mkdtemp(prefix="smolray-head-")
+        self.port = _free_port()
+        self.dashboard_port = _free_port()
+        # Token auth stays on; clients read the token through this env.
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start(self, timeout: float = 120) -> LocalHead:
+        ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+        cmd = [ray_bin, "start", "--head", "--block", f"--port={self.port}",
+               f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",
+               "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+               f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats"]
+        self.log = open(os.path.join(self.temp_dir, "head.log"), "w")
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray head exited early; see {self.log.name}")
+            try:
+                urllib.request.urlopen(self.dashboard_url + "/api/version", timeout=2)
+                return self
+            except OSError:
+                time.sleep(1)
+        self.stop()
+        raise TimeoutError(f"ray head did not come up in {timeout}s; see {self.log.name}")
+
+    def submit(self, entrypoint: list[str], working_dir: str = ".", timeout: float = 900) -> int:
+        """`ray job submit --working-dir ... -- entrypoint`, waiting for it; returns the exit code."""
+        ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+        cmd = [ray_bin, "job", "submit", f"--address={self.dashboard_url}",
+               f"--working-dir={working_dir}", "--", *entrypoint]
+        return subprocess.run(cmd, env=self.env, timeout=timeout).returncode
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            # The session holds the head and everything it spawned (GCS,
+            # raylet, workers, dashboard); signal that group only.
+            for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        _kill_leftovers(self.temp_dir)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalHead:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _kill_leftovers(temp_dir: str) -> None:
+    """Processes that left the session but still name our temp dir (Ray daemonizes a few)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if temp_dir in cmdline:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass

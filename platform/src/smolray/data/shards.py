@@ -1,0 +1,208 @@
+"""Tokenized shards: the on-disk (or in-bucket) form of one source.
+
+A source directory holds
+  manifest.json            what follows, with counts and checksums
+  shard-00000.tokens       token ids, little-endian uint16 or uint32, flat
+  shard-00000.docs.npy     int64 start offset of each document in the shard
+and so on. Every document ends with EOS. Flat token files let the sampler
+read any span with one ranged read (`read_at`), which works the same on a
+local disk and on S3, so the mixer never downloads a whole shard.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow.fs as pafs
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class ShardError(RuntimeError):
+    """A source directory that cannot be read as the manifest says."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    file: str
+    docs: int
+    tokens: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: str
+    dtype: str  # "uint16" or "uint32"
+    eos_id: int
+    tokenizer: str  # tokenizer fingerprint (see smolray.tokenizer.fingerprint)
+    shards: list[Shard] = field(default_factory=list)
+    # The raw files and their sizes, so a re-run can tell nothing changed.
+    inputs: list[str] = field(default_factory=list)
+    skipped_empty: int = 0
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def docs(self) -> int:
+        return sum(s.docs for s in self.shards)
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for s in self.shards)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["total_docs"], d["total_tokens"] = self.docs, self.tokens
+        return json.dumps(d, indent=2) + "\n"
+
+    @staticmethod
+    def from_json(text: str, where: str) -> Manifest:
+        try:
+            d = json.loads(text)
+            d.pop("total_docs", None)
+            d.pop("total_tokens", None)
+            d["shards"] = [Shard(**s) for s in d["shards"]]
+            return Manifest(**d)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ShardError(f"{where}: not a smolray manifest ({e}); re-run jobs/tokenize.py") from None
+
+
+def token_dtype(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow filesystem and path for a local path or a URI (s3://, gs://, ...)."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    import os
+
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def join(base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name
+
+
+def write_shard(fs: pafs.FileSystem, base: str, index: int, docs: list[np.ndarray], dtype: str) -> Shard:
+    """Write one shard from a list of token arrays (each already ending in EOS)."""
+    lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    tokens = np.concatenate(docs).astype(dtype, copy=False) if docs else np.zeros(0, dtype)
+    data = tokens.astype(tokens.dtype.newbyteorder("<"), copy=False).tobytes()
+    name = f"shard-{index:05d}"
+    # Write to temporary names, then move: a crash never leaves a file that
+    # looks complete but is not.
+    buf = io.BytesIO()
+    np.save(buf, starts)
+    for suffix, payload in ((".tokens", data), (".docs.npy", buf.getvalue())):
+        tmp = join(base, name + suffix + ".tmp")
+        with fs.open_output_stream(tmp) as f:
+            f.write(payload)
+        fs.move(tmp, join(base, name + suffix))
+    return Shard(file=name, docs=len(docs), tokens=len(tokens), sha256=hashlib.sha256(data).hexdigest())
+
+
+def write_manifest(fs: pafs.FileSystem, base: str, manifest: Manifest) -> None:
+    tmp = join(base, MANIFEST + ".tmp")
+    with fs.open_output_stream(tmp) as f:
+        f.write(manifest.to_json().encode())
+    fs.move(tmp, join(base, MANIFEST))
+
+
+def read_manifest(uri: str) -> Manifest:
+    fs, base = filesystem(uri)
+    path = join(base, MANIFEST)
+    try:
+        with fs.open_input_stream(path) as f:
+            text = f.read().decode()
+    except (FileNotFoundError, OSError) as e:
+        raise ShardError(
+            f"{uri}: no {MANIFEST} ({e.__class__.__name__}); tokenize this source first "
+            "with `python jobs/tokenize.py --config <recipe>`"
+        ) from None
+    return Manifest.from_json(text, path)
+
+
+class SourceReader:
+    """Random access to one source's token stream: its shards laid end to end."""
+
+    def __init__(self, uri: str, manifest: Manifest | None = None):
+        self.uri = uri
+        self.fs, self.base = filesystem(uri)
+        self.manifest = manifest or read_manifest(uri)
+        self.dtype = np.dtype(self.manifest.dtype).newbyteorder("<")
+        sizes = [s.tokens for s in self.manifest.shards]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        doc_counts = [s.docs for s in self.manifest.shards]
+        self.doc_base = np.concatenate([[0], np.cumsum(doc_counts)]).astype(np.int64)
+        self._files: dict[int, pafs.NativeFile] = {}
+        self._doc_index: dict[int, np.ndarray] = {}
+
+    @property
+    def tokens(self) -> int:
+        return int(self.starts[-1])
+
+    def _file(self, shard: int) -> pafs.NativeFile:
+        f = self._files.get(shard)
+        if f is None:
+            path = join(self.base, self.manifest.shards[shard].file + ".tokens")
+            try:
+                f = self.fs.open_input_file(path)
+            except (FileNotFoundError, OSError) as e:
+                raise ShardError(f"{path}: missing or unreadable ({e}); re-run jobs/tokenize.py") from None
+            want = self.manifest.shards[shard].tokens * self.dtype.itemsize
+            if f.size() != want:
+                raise ShardError(
+                    f"{path}: {f.size()} bytes but the manifest says {want}; the shard is "
+                    "truncated or from another run: re-run jobs/tokenize.py for this source"
+                )
+            self._files[shard] = f
+        return f
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        """Tokens [start, start + count) of the stream."""
+        if start < 0 or start + count > self.tokens:
+            raise IndexError(f"{self.uri}: span {start}+{count} outside {self.tokens} tokens")
+        out = np.empty(count, dtype=np.int64)
+        done, pos = 0, start
+        while done < count:
+            shard = int(np.searchsorted(self.starts, pos, side="right") - 1)
+            local = pos - int(self.starts[shard])
+            n = min(count - done, int(self.starts[shard + 1]) - pos)
+            raw = self._file(shard).read_at(n * self.dtype.itemsize, local * self.dtype.itemsize)
+            out[done : done + n] = np.frombuffer(raw, dtype=self.dtype)
+            done, pos = done + n, pos + n
+        return out
+
+    def locate(self, pos: int) -> tuple[int, int]:
+        """(document index within the source, offset within that document) of token `pos`."""
+        shard = int(np.searchsorted(self.starts, pos, side="right") - 1)
+        starts = self._docs(shard)
+        local = pos - int(self.starts[shard])
+        d = int(np.searchsorted(starts, local, side="right") - 1)
+        return int(self.doc_base[shard]) + d, local - int(starts[d])
+
+    def _docs(self, shard: int) -> np.ndarray:
+        idx = self._doc_index.get(shard)
+        if idx is None:
+            path = join(self.base, self.manifest.shards[shard].file + ".docs.npy")
+            try:
+                with self.fs.open_input_file(path) as f:
+                    idx = np.load(io.BytesIO(f.read()))
+            except (FileNotFoundError, OSError, ValueError) as e:
+                raise ShardError(f"{path}: missing or unreadable ({e}); re-run jobs/tokenize.py") from None
+            self._doc_index[shard] = idx
+        return idx
+
+
+@functools.lru_cache(maxsize=64)
+def cached_reader(uri: str, manifest_json: str) -> SourceReader:
+    """One open reader per (source, manifest) per process: Ray Data tasks reuse it."""
+    return SourceReader(uri, Manifest.from_json(manifest_json, uri))

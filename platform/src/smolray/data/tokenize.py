@@ -1,0 +1,120 @@
+"""Raw documents -> tokenized shards, as a Ray Data pipeline.
+
+Reading and tokenizing run as Ray Data tasks spread over the cluster; the
+driver consumes the stream in input order and cuts it into shards, so the
+document order in a source is the order of its input files and rows, the
+same on every run.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import numpy as np
+import pyarrow.fs as pafs
+import ray
+
+from smolray.data.raw import expand, file_format
+from smolray.data.shards import (MANIFEST, Manifest, ShardError, filesystem, join,
+                                 read_manifest, token_dtype, write_manifest, write_shard)
+from smolray.recipe import Recipe, SourceConfig
+from smolray.tokenizer import fingerprint
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    from smolray.tokenizer import load_tokenizer
+
+    return load_tokenizer(path)
+
+
+def _encode(batch: dict[str, np.ndarray], tokenizer: str, text_field: str) -> dict[str, list]:
+    tok = _tokenizer(tokenizer)
+    texts = [t or "" for t in batch[text_field].tolist()]
+    ids = tok(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    # An empty text stays an empty row so the driver can count it.
+    return {"ids": [np.asarray(x + [tok.eos_token_id] if x else [], dtype=np.int32) for x in ids]}
+
+
+def _inputs(files: list[str]) -> list[str]:
+    out = []
+    for f in files:
+        fs, p = filesystem(f)
+        out.append(f"{f}:{fs.get_file_info(p).size}")
+    return out
+
+
+def tokenize_source(src: SourceConfig, tokenizer: str, vocab_size: int,
+                    shard_tokens: int, force: bool = False) -> Manifest:
+    """Tokenize one source into its shards directory; skip if already up to date."""
+    files = expand(src.raw, f"data.sources.{src.name}.raw")
+    inputs, fp = _inputs(files), fingerprint(tokenizer)
+    fs, base = filesystem(src.shards)
+    if not force:
+        try:
+            old = read_manifest(src.shards)
+            if old.tokenizer == fp and old.inputs == inputs:
+                log.info("%s: up to date (%d docs, %d tokens)", src.name, old.docs, old.tokens)
+                return old
+        except ShardError:
+            pass
+    fs.create_dir(base, recursive=True)
+    # The old manifest goes first: a crash mid-way leaves a source that says
+    # "not tokenized", never one whose manifest points at half-new shards.
+    if fs.get_file_info(join(base, MANIFEST)).type != pafs.FileType.NotFound:
+        fs.delete_file(join(base, MANIFEST))
+
+    by_format: dict[str, list[str]] = {}
+    for f in files:
+        by_format.setdefault(file_format(f), []).append(f)
+    parts = []
+    for fmt, group in by_format.items():
+        read = ray.data.read_parquet if fmt == "parquet" else ray.data.read_json
+        parts.append(read(group, columns=[src.text_field]) if fmt == "parquet" else
+                     read(group).select_columns([src.text_field]))
+    ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+    ds.context.execution_options.preserve_order = True
+    ds = ds.map_batches(_encode, batch_size=256, batch_format="numpy",
+                        fn_kwargs={"tokenizer": str(tokenizer), "text_field": src.text_field})
+
+    dtype = token_dtype(vocab_size)
+    shards, pending, pending_tokens, skipped = [], [], 0, 0
+    for batch in ds.iter_batches(batch_size=1024, batch_format="numpy"):
+        for ids in batch["ids"]:
+            if len(ids) == 0:
+                skipped += 1
+                continue
+            pending.append(ids)
+            pending_tokens += len(ids)
+            if pending_tokens >= shard_tokens:
+                shards.append(write_shard(fs, base, len(shards), pending, dtype))
+                pending, pending_tokens = [], 0
+    if pending:
+        shards.append(write_shard(fs, base, len(shards), pending, dtype))
+    _remove_stale(fs, base, keep={s.file for s in shards})
+    eos = _tokenizer(str(tokenizer)).eos_token_id
+    manifest = Manifest(source=src.name, dtype=dtype, eos_id=eos, tokenizer=fp,
+                        shards=shards, inputs=inputs, skipped_empty=skipped)
+    write_manifest(fs, base, manifest)
+    if manifest.docs == 0:
+        raise ShardError(f"data.sources.{src.name}: no non-empty documents in {src.raw}")
+    return manifest
+
+
+def _remove_stale(fs: pafs.FileSystem, base: str, keep: set[str]) -> None:
+    for info in fs.get_file_info(pafs.FileSelector(base)):
+        name = info.base_name
+        if name.startswith("shard-") and name.split(".")[0] not in keep:
+            fs.delete_file(info.path)
+
+
+def tokenize_recipe(recipe: Recipe, force: bool = False) -> dict[str, Manifest]:
+    missing = [s.name for s in recipe.data.sources if not s.raw]
+    if missing:
+        raise ValueError(f"data.sources.{missing[0]}.raw is empty; list the raw files to tokenize")
+    return {s.name: tokenize_source(s, recipe.tokenizer, recipe.model.vocab_size,
+                                    recipe.data.shard_tokens, force)
+            for s in recipe.data.sources}

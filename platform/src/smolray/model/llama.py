@@ -1,0 +1,52 @@
+"""The Llama architecture, as transformers defines it.
+
+Using `LlamaForCausalLM` itself (not a re-implementation) means every
+checkpoint smolray writes is a standard Hugging Face checkpoint that
+transformers and vLLM load as is.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from smolray.recipe import ModelConfig
+
+
+def hf_config(cfg: ModelConfig, bos_id: int | None = None, eos_id: int | None = None) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rope_theta=cfg.rope_theta,
+        rms_norm_eps=cfg.rms_norm_eps,
+        tie_word_embeddings=cfg.tie_embeddings,
+        initializer_range=cfg.init_std,
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+    )
+
+
+def build_model(cfg: ModelConfig, seed: int, bos_id: int | None = None,
+                eos_id: int | None = None) -> LlamaForCausalLM:
+    """A freshly initialized model: N(0, init_std) weights, the same on every rank."""
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(hf_config(cfg, bos_id, eos_id))
+    # SDPA runs on CPU and GPU alike and needs no extra package.
+    model.config._attn_implementation = "sdpa"
+    return model
+
+
+def count_parameters(cfg: ModelConfig) -> int:
+    """Exact count of unique parameters, from the real module built on the meta device."""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(hf_config(cfg))
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,238 @@
+"""The typed recipe: one config object per component, validated up front.
+
+Every check that can be made without touching data or a cluster lives here,
+so a bad recipe fails in the first second with a message that names the
+field, the value and the fix. Checks that need the tokenized shards (does a
+source have any?) live in `smolray.data.plan`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos until proven otherwise.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """Llama architecture (as in transformers' LlamaConfig)."""
+
+    vocab_size: int = Field(gt=0)
+    hidden_size: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    num_layers: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    num_kv_heads: int = Field(gt=0)
+    max_position_embeddings: int = Field(gt=0)
+    rope_theta: float = Field(default=10000.0, gt=0)
+    rms_norm_eps: float = Field(default=1e-5, gt=0)
+    tie_embeddings: bool = True
+    init_std: float = Field(default=0.02, gt=0)
+
+    @model_validator(mode="after")
+    def _heads(self) -> ModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.hidden_size={self.hidden_size} is not divisible by "
+                f"model.num_heads={self.num_heads}; pick heads that divide the hidden size"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"model.num_heads={self.num_heads} is not a multiple of "
+                f"model.num_kv_heads={self.num_kv_heads}; grouped-query attention needs "
+                "num_kv_heads to divide num_heads"
+            )
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+class SourceConfig(_Strict):
+    """One pretraining source: raw documents in, tokenized shards out."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # Directory (local or any pyarrow/fsspec URI) holding manifest.json and shards.
+    shards: str
+    # Raw documents for jobs/tokenize.py: parquet or jsonl paths, globs or URIs.
+    raw: list[str] = Field(default_factory=list)
+    text_field: str = "text"
+
+
+class DataConfig(_Strict):
+    seq_len: int = Field(gt=0)
+    sources: list[SourceConfig] = Field(min_length=1)
+    # Relative weights per source name; normalized to sum to 1. A source
+    # listed under `sources` but absent here is not drawn from.
+    weights: dict[str, float]
+    # Restart position ids after every EOS, so RoPE positions count from each
+    # document's start rather than the packed sequence's.
+    reset_position_ids: bool = False
+    # Tokenized shards are split into this many tokens per file.
+    shard_tokens: int = Field(default=1 << 24, gt=0)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"source names must be unique; {dup} appear more than once")
+        return sources
+
+    @model_validator(mode="after")
+    def _weights(self) -> DataConfig:
+        names = {s.name for s in self.sources}
+        for name, w in self.weights.items():
+            if name not in names:
+                raise ValueError(
+                    f"data.weights.{name}: no source named {name!r}; "
+                    f"known sources are {sorted(names)} (add it under data.sources or fix the name)"
+                )
+            if not math.isfinite(w) or w < 0:
+                raise ValueError(
+                    f"data.weights.{name}={w}: weights must be finite and >= 0 "
+                    "(use 0 to leave a source out)"
+                )
+        total = sum(self.weights.values())
+        if total <= 0:
+            raise ValueError(
+                f"data.weights sum to {total}: at least one source needs a positive weight"
+            )
+        return self
+
+    @property
+    def mixture(self) -> dict[str, float]:
+        """Normalized shares of the sources that are drawn from, in source order."""
+        total = sum(self.weights.values())
+        return {
+            s.name: self.weights[s.name] / total
+            for s in self.sources
+            if self.weights.get(s.name, 0.0) > 0
+        }
+
+    def source(self, name: str) -> SourceConfig:
+        return next(s for s in self.sources if s.name == name)
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(default=1e-8, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    grad_clip: float = Field(default=1.0, ge=0)
+
+
+class ScheduleConfig(_Strict):
+    """Warmup-stable-decay: linear warmup, constant, linear decay to min_lr."""
+
+    warmup_steps: int = Field(default=0, ge=0)
+    # Fraction of all steps spent decaying at the end of the run.
+    decay_fraction: float = Field(default=0.2, ge=0)
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+
+
+class TrainConfig(_Strict):
+    # Sequences per optimizer step, across all workers.
+    global_batch_size: int = Field(gt=0)
+    # Sequences per forward pass on one worker.
+    micro_batch_size: int = Field(gt=0)
+    # The token budget; steps = total_tokens // (global_batch_size * seq_len).
+    total_tokens: int = Field(gt=0)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    # auto: bf16 where the accelerator supports it, else fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    num_workers: int = Field(default=1, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    # Sequences each worker prefetches from the data pipeline.
+    prefetch_batches: int = Field(default=4, ge=0)
+
+
+class CheckpointConfig(_Strict):
+    every_steps: int = Field(default=1000, gt=0)
+    # Complete checkpoints kept; older ones are deleted by Ray Train.
+    keep: int = Field(default=2, gt=0)
+
+
+class ExportConfig(_Strict):
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+
+
+class RunSettings(_Strict):
+    # Where checkpoints, metrics, TensorBoard events and the export go. A
+    # local path (absolute, or relative to the working directory) or a URI.
+    output_dir: str
+    log_every_steps: int = Field(default=10, gt=0)
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    tokenizer: str
+    model: ModelConfig
+    data: DataConfig
+    optim: OptimConfig
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    export: ExportConfig = ExportConfig()
+    run: RunSettings
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        m, d, t, s = self.model, self.data, self.train, self.schedule
+        if d.seq_len > m.max_position_embeddings:
+            raise ValueError(
+                f"data.seq_len={d.seq_len} is above model.max_position_embeddings="
+                f"{m.max_position_embeddings}; lower data.seq_len or raise max_position_embeddings"
+            )
+        per_pass = t.micro_batch_size * t.num_workers
+        if t.global_batch_size % per_pass:
+            raise ValueError(
+                f"train.global_batch_size={t.global_batch_size} is not a multiple of "
+                f"micro_batch_size * num_workers = {t.micro_batch_size} * {t.num_workers}; "
+                f"use a multiple of {per_pass}"
+            )
+        steps = self.total_steps
+        if steps < 1:
+            raise ValueError(
+                f"train.total_tokens={t.total_tokens} is less than one optimizer step "
+                f"({self.tokens_per_step} tokens); raise total_tokens"
+            )
+        if s.decay_fraction > 1:
+            raise ValueError(
+                f"schedule.decay_fraction={s.decay_fraction} makes the decay longer than "
+                "the run; use a fraction in [0, 1]"
+            )
+        if s.warmup_steps + self.decay_steps > steps:
+            raise ValueError(
+                f"schedule.warmup_steps={s.warmup_steps} plus the decay "
+                f"({self.decay_steps} steps = decay_fraction {s.decay_fraction} of {steps}) "
+                f"is longer than the run's {steps} steps; shorten warmup or decay, or raise "
+                "train.total_tokens"
+            )
+        return self
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train.global_batch_size * self.data.seq_len
+
+    @property
+    def total_steps(self) -> int:
+        return self.train.total_tokens // self.tokens_per_step
+
+    @property
+    def decay_steps(self) -> int:
+        return round(self.schedule.decay_fraction * self.total_steps)
+
+    @property
+    def grad_accum(self) -> int:
+        t = self.train
+        return t.global_batch_size // (t.micro_batch_size * t.num_workers)

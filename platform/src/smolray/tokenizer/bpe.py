@@ -1,0 +1,77 @@
+"""Byte-level BPE tokenizers in Hugging Face format, with a chat template.
+
+Byte-level means every string round-trips exactly (no unknown tokens), which
+matters for code and math. The special tokens and ChatML template are those
+SmolLM2 uses, so post-training and serving need no tokenizer surgery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+EOS = "<|endoftext|>"
+SPECIAL_TOKENS = [EOS, "<|im_start|>", "<|im_end|>", "<repo_name>", "<reponame>",
+                  "<file_sep>", "<filename>", "<gh_stars>", "<issue_start>",
+                  "<issue_comment>", "<issue_closed>", "<jupyter_start>",
+                  "<jupyter_text>", "<jupyter_code>", "<jupyter_output>",
+                  "<jupyter_script>", "<empty_output>"]
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by smolray<|im_end|>\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | Path,
+              model_max_length: int = 8192) -> PreTrainedTokenizerFast:
+    if vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size={vocab_size} cannot hold the 256 bytes and "
+                         f"{len(SPECIAL_TOKENS)} special tokens; use at least 512")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,  # ids 0.. in this order: EOS is 0
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS,
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+        model_max_length=model_max_length,
+        chat_template=CHAT_TEMPLATE,
+    )
+    hf.save_pretrained(str(out_dir))
+    return hf
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    p = Path(path)
+    if not (p / "tokenizer.json").is_file():
+        raise FileNotFoundError(
+            f"tokenizer {path}: no tokenizer.json; train one with "
+            "`python jobs/train_tokenizer.py --config <recipe>`")
+    return AutoTokenizer.from_pretrained(str(p))
+
+
+def fingerprint(path: str | Path) -> str:
+    """Identity of a tokenizer's vocabulary, recorded in every shard manifest."""
+    f = Path(path) / "tokenizer.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"tokenizer {path}: no tokenizer.json; train one with "
+                                "`python jobs/train_tokenizer.py --config <recipe>`")
+    data = f.read_bytes()
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:16]

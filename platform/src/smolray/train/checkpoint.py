@@ -1,0 +1,64 @@
+"""What a checkpoint holds besides DeepSpeed's shards, and how it is checked.
+
+Layout of one Ray Train checkpoint directory (all ranks' files merged):
+  ds/...                  DeepSpeed: model, optimizer and LR scheduler state
+  trainer_state.json      step, data position, per-source token counts (rank 0)
+  rank-<r>.done           written by rank r after its shard is on disk
+Ray registers a checkpoint only after every rank has reported it, and the
+rank markers let a loader prove all shards arrived before trusting one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+TAG = "ds"
+STATE = "trainer_state.json"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainerState:
+    step: int  # optimizer steps completed
+    sequences: int  # global sequence index of the next sample = step * global batch
+    world_size: int
+    source_names: list[str]
+    source_tokens: list[int]  # tokens consumed per source (inputs, seq_len per sequence)
+    source_sequences: list[int]
+    recipe_name: str
+    # The plan's identity: a resume must see the same sources and weights.
+    plan_fingerprint: str
+    extra: dict = field(default_factory=dict)
+
+    def save(self, directory: str) -> None:
+        with open(os.path.join(directory, STATE), "w") as f:
+            json.dump(asdict(self), f, indent=2)
+
+    @staticmethod
+    def load(directory: str) -> TrainerState:
+        with open(os.path.join(directory, STATE)) as f:
+            return TrainerState(**json.load(f))
+
+
+def mark_rank_done(directory: str, rank: int) -> None:
+    with open(os.path.join(directory, f"rank-{rank}.done"), "w") as f:
+        f.write("ok\n")
+
+
+def verify(directory: str) -> TrainerState:
+    """The state of a complete checkpoint, or a CheckpointError naming what is missing."""
+    if not os.path.isfile(os.path.join(directory, STATE)):
+        raise CheckpointError(f"{directory}: no {STATE}; not a complete smolray checkpoint")
+    state = TrainerState.load(directory)
+    missing = [r for r in range(state.world_size)
+               if not os.path.isfile(os.path.join(directory, f"rank-{r}.done"))]
+    if missing or not os.path.isdir(os.path.join(directory, TAG)):
+        raise CheckpointError(
+            f"{directory}: shards of ranks {missing} are missing; the checkpoint is incomplete "
+            "(an interrupted save). Delete it to resume from the one before")
+    return state

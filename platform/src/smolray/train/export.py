@@ -1,0 +1,53 @@
+"""A training checkpoint -> a Hugging Face model folder.
+
+The folder (config.json, model.safetensors, tokenizer files with the chat
+template, generation_config.json) loads with `from_pretrained` in
+transformers and in vLLM as is.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from smolray.model import build_model
+from smolray.recipe import Recipe
+from smolray.tokenizer import load_tokenizer
+from smolray.train.checkpoint import TAG, verify
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def consolidated_state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, torch.Tensor]:
+    """Full fp32 weights from the DeepSpeed shards of every rank."""
+    verify(checkpoint_dir)
+    if zero_stage == 0:
+        path = os.path.join(checkpoint_dir, TAG, "mp_rank_00_model_states.pt")
+        module = torch.load(path, map_location="cpu", weights_only=False)["module"]
+        return {k: v.float() for k, v in module.items()}
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=TAG)
+
+
+def export_hf(checkpoint_dir: str, recipe: Recipe, out_dir: str) -> str:
+    tok = load_tokenizer(recipe.tokenizer)
+    model = build_model(recipe.model, recipe.seed, tok.bos_token_id, tok.eos_token_id)
+    state = consolidated_state_dict(checkpoint_dir, recipe.train.zero_stage)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # With tied embeddings the output head is the input embedding, saved once.
+    allowed = {"lm_head.weight"} if recipe.model.tie_embeddings else set()
+    if set(missing) - allowed or unexpected:
+        raise RuntimeError(f"{checkpoint_dir}: weights do not match the recipe's model "
+                           f"(missing {sorted(set(missing) - allowed)}, unexpected {unexpected})")
+    model.tie_weights()
+    model = model.to(DTYPES[recipe.export.dtype])
+    model.config.torch_dtype = recipe.export.dtype
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,53 @@
+"""Driver side of pretraining: build the Ray Train TorchTrainer and fit it.
+
+Ray Train keeps a snapshot of registered checkpoints under
+<output_dir>/ray/<recipe name>; running the same command again finds it and
+every worker resumes from the latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from smolray.data.plan import DataPlan
+from smolray.recipe import Recipe
+from smolray.tokenizer import load_tokenizer
+from smolray.train.loop import LoopConfig, train_loop
+
+
+def output_dir(recipe: Recipe) -> str:
+    out = recipe.run.output_dir
+    return out if "://" in out else os.path.abspath(out)
+
+
+def log_dir(recipe: Recipe) -> str:
+    out = output_dir(recipe)
+    # TensorBoard writes local files; for a bucket, keep logs on the head's disk.
+    return os.path.join(out, "logs") if "://" not in out else f"/tmp/smolray/{recipe.name}/logs"
+
+
+def build_trainer(recipe: Recipe, plan: DataPlan, stop_at_step: int | None = None,
+                  sample_log: str | None = None, max_failures: int = 0) -> TorchTrainer:
+    tok = load_tokenizer(recipe.tokenizer)
+    t = recipe.train
+    cfg = LoopConfig(recipe=recipe, plan=plan, log_dir=log_dir(recipe), bos_id=tok.bos_token_id,
+                     eos_id=tok.eos_token_id, stop_at_step=stop_at_step, sample_log=sample_log)
+    env = {"DS_ACCELERATOR": "cuda" if t.use_gpu else "cpu",
+           # Each worker gets its share of cores; more threads only contend.
+           "OMP_NUM_THREADS": str(max(1, int(t.cpus_per_worker)))}
+    return TorchTrainer(
+        train_loop,
+        train_loop_config=cfg,
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+        run_config=RunConfig(
+            name=recipe.name,
+            storage_path=os.path.join(output_dir(recipe), "ray"),
+            checkpoint_config=CheckpointConfig(num_to_keep=recipe.checkpoint.keep),
+            failure_config=FailureConfig(max_failures=max_failures),
+            worker_runtime_env={"env_vars": env},
+        ),
+    )
