@@ -85,4 +85,6 @@ def build_dataset(plan: DataPlan, part: RankSlice, position_ids: bool = False,
     )
     # Order is the contract: step t's rows must arrive in step t.
     ds.context.execution_options.preserve_order = True
+    # One progress bar per worker per operator floods the job log.
+    ds.context.enable_progress_bars = False
     return ds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -42,10 +43,9 @@ def train_loop(cfg: LoopConfig) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     r, plan = cfg.recipe, cfg.plan
     device = ray.train.torch.get_device()
-    engine = build_engine(build_model(r.model, r.seed, cfg.bos_id, cfg.eos_id), r, world)
-
     names = plan.names
-    state = _resume(engine, cfg, world)
+    ckpt = ray.train.get_checkpoint()
+    state = _resume_state(ckpt, cfg, world) if ckpt else None
     start = state.step if state else 0
     base_seq = np.array(state.source_sequences if state else [0] * len(names), dtype=np.int64)
     total, B, L = r.total_steps, r.train.global_batch_size, r.data.seq_len
@@ -57,6 +57,13 @@ def train_loop(cfg: LoopConfig) -> None:
                        position_ids=r.data.reset_position_ids)
     batches = iter(ds.iter_torch_batches(batch_size=r.train.micro_batch_size,
                                          prefetch_batches=r.train.prefetch_batches))
+    # Pull the first batch before building the engine: the pipeline then
+    # fills its prefetch buffer while DeepSpeed initializes.
+    first = next(batches)
+    engine = build_engine(build_model(r.model, r.seed, cfg.bos_id, cfg.eos_id), r, world)
+    if ckpt:
+        _load_engine(engine, ckpt)
+    batches = itertools.chain([first], batches)
     log = _metrics_log(cfg.log_dir) if rank == 0 else None
     samples = _sample_log(cfg.sample_log, rank)
     local_seq = np.zeros(len(names), dtype=np.int64)  # sequences per source since `start`
@@ -111,10 +118,7 @@ def train_loop(cfg: LoopConfig) -> None:
         samples.close()
 
 
-def _resume(engine, cfg: LoopConfig, world: int) -> TrainerState | None:
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
-        return None
+def _resume_state(ckpt, cfg: LoopConfig, world: int) -> TrainerState:
     with ckpt.as_directory() as d:
         state = verify(d)
         want = cfg.plan.fingerprint(cfg.recipe.train.global_batch_size)
@@ -127,10 +131,14 @@ def _resume(engine, cfg: LoopConfig, world: int) -> TrainerState | None:
             raise CheckpointError(
                 f"{d}: written by {state.world_size} workers; ZeRO stage {cfg.recipe.train.zero_stage} "
                 f"shards cannot be loaded by {world}. Set train.num_workers={state.world_size}.")
+    return state
+
+
+def _load_engine(engine, ckpt) -> None:
+    with ckpt.as_directory() as d:
         path, _ = engine.load_checkpoint(d, tag=TAG)
         if path is None:
             raise CheckpointError(f"{d}: DeepSpeed found no checkpoint under tag {TAG!r}")
-    return state
 
 
 def _save(engine, state: TrainerState, rank: int, metrics: dict) -> None:

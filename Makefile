@@ -1,0 +1,39 @@
+# smolray: `make demo` runs the main job on the bundled corpus; `make test` runs the suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lock bench clean
+
+install: $(STAMP)
+
+# torch first: `torch==2.13.0` resolves to the machine's local CPU wheel (a
+# bare `torch` would pull the CUDA build and several GB). The lock pins the
+# rest; -c keeps the resolver free to add platform extras (CUDA libraries on
+# GPU nodes) that a CPU lock cannot list.
+$(STAMP): platform/pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c requirements.lock -e "platform[dev]"
+	# Build DeepSpeed's CPU shared-memory all-reduce now, not inside the first
+	# training run (a 40 s just-in-time compile, cached under ~/.cache).
+	DS_ACCELERATOR=cpu $(PY) -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load()" >/dev/null
+	touch $(STAMP)
+
+demo: install
+	$(PY) jobs/demo.py
+
+test: install
+	$(PY) -m pytest tests
+
+bench: install
+	$(PY) bench/train_throughput.py
+
+# Refresh the lock after changing pins in platform/pyproject.toml.
+lock:
+	$(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements.lock
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,78 @@
+"""Session-wide fixtures: one local Ray cluster and one tokenized corpus.
+
+Starting Ray costs seconds and tokenizing the sample corpus more, so both
+happen once per session; tests build recipes that point at them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "recipes" / "tiny.yaml"
+SAMPLE = ROOT / "data" / "sample"
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    import ray
+
+    # address="local": never join a cluster some other process left running.
+    # More logical CPUs than cores, so Ray Data tasks always find one beside
+    # the trainer workers (see stack facts: the ResourceBudget deadlock).
+    ray.init(address="local", num_cpus=8, include_dashboard=False,
+             _temp_dir=str(tmp_path_factory.mktemp("ray")), log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> str:
+    from smolray.data.raw import iter_texts
+    from smolray.tokenizer import train_bpe
+
+    out = tmp_path_factory.mktemp("tokenizer")
+    texts = (t for name in ("prose", "code", "math")
+             for t in iter_texts([str(SAMPLE / f"{name}.jsonl")], "text", 400_000))
+    train_bpe(texts, vocab_size=1024, out_dir=out, model_max_length=512)
+    return str(out)
+
+
+def recipe_overrides(tokenizer: str, data_root: Path, out: Path) -> list[str]:
+    """--set lines that point the tiny recipe at test-owned paths."""
+    sets = [f"tokenizer={tokenizer}", "model.vocab_size=1024", f"run.output_dir={out}"]
+    for name in ("prose", "code", "math"):
+        sets.append(f"data.sources.{name}.shards={data_root / name}")
+    return sets
+
+
+@pytest.fixture(scope="session")
+def corpus(ray_cluster, tokenizer_dir, tmp_path_factory):
+    """The sample corpus tokenized once: {"tokenizer", "root", "manifests"}."""
+    from smolray.data.tokenize import tokenize_recipe
+    from smolray.recipe import load_recipe
+
+    root = tmp_path_factory.mktemp("shards")
+    sets = recipe_overrides(tokenizer_dir, root, root / "unused")
+    recipe = load_recipe(TINY, sets + [f"data.sources.{n}.raw=[{SAMPLE / n}.jsonl]"
+                                       for n in ("prose", "code", "math")])
+    manifests = tokenize_recipe(recipe)
+    return {"tokenizer": tokenizer_dir, "root": root, "manifests": manifests}
+
+
+@pytest.fixture
+def make_recipe(corpus, tmp_path):
+    """Tiny recipe on the session corpus; extra `KEY=VALUE` overrides win."""
+    from smolray.recipe import load_recipe
+
+    def make(*sets: str, out: Path | None = None):
+        base = recipe_overrides(corpus["tokenizer"], corpus["root"], out or tmp_path / "run")
+        return load_recipe(TINY, base + list(sets))
+
+    return make
