@@ -66,13 +66,17 @@ def corpus(ray_cluster, tokenizer_dir, tmp_path_factory):
     return {"tokenizer": tokenizer_dir, "root": root, "manifests": manifests}
 
 
-@pytest.fixture
-def make_recipe(corpus, tmp_path):
+def recipe_factory(corpus: dict, default_out: Path):
     """Tiny recipe on the session corpus; extra `KEY=VALUE` overrides win."""
     from smolray.recipe import load_recipe
 
     def make(*sets: str, out: Path | None = None):
-        base = recipe_overrides(corpus["tokenizer"], corpus["root"], out or tmp_path / "run")
+        base = recipe_overrides(corpus["tokenizer"], corpus["root"], out or default_out)
         return load_recipe(TINY, base + list(sets))
 
     return make
+
+
+@pytest.fixture
+def make_recipe(corpus, tmp_path):
+    return recipe_factory(corpus, tmp_path / "run")

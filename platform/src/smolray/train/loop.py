@@ -102,7 +102,6 @@ def train_loop(cfg: LoopConfig) -> None:
         metrics = _metrics(engine, window, seq, plan, r, device, world)
         if log:
             log.write(done, metrics)
-        window = {"loss": 0.0, "micro": 0, "wait": 0.0, "t0": time.perf_counter(), "steps": 0}
         if samples:
             samples.flush()
         if save:
@@ -112,6 +111,8 @@ def train_loop(cfg: LoopConfig) -> None:
             _save(engine, new, rank, metrics)
         else:
             ray.train.report({**metrics, "step": done})
+        # Throughput windows exclude logging and checkpoint time.
+        window = {"loss": 0.0, "micro": 0, "wait": 0.0, "t0": time.perf_counter(), "steps": 0}
     if log:
         log.close()
     if samples:
