@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 import ray
 
@@ -61,31 +60,41 @@ class LocalHead:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def start(self, timeout: float = 120) -> LocalHead:
-        ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-        cmd = [ray_bin, "start", "--head", "--block", f"--port={self.port}",
+    def start(self, timeout: float = 180) -> LocalHead:
+        cmd = [self._ray, "start", "--head", "--block", f"--port={self.port}",
                f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",
                "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats"]
         self.log = open(os.path.join(self.temp_dir, "head.log"), "w")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
+        # Ready means a job can be submitted: the dashboard answers before the
+        # job agent has registered ("No available agent to submit job").
+        probe = [self._ray, "job", "submit", f"--address={self.dashboard_url}", "--no-wait",
+                 "--", "true"]
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ray head exited early; see {self.log.name}")
-            try:
-                urllib.request.urlopen(self.dashboard_url + "/api/version", timeout=2)
+                raise RuntimeError(f"ray head exited early: {self._log_tail()}")
+            if subprocess.run(probe, env=self.env, capture_output=True).returncode == 0:
                 return self
-            except OSError:
-                time.sleep(1)
+            time.sleep(2)
+        tail = self._log_tail()
         self.stop()
-        raise TimeoutError(f"ray head did not come up in {timeout}s; see {self.log.name}")
+        raise TimeoutError(f"ray head took no job within {timeout}s: {tail}")
+
+    def _log_tail(self) -> str:
+        self.log.flush()
+        with open(self.log.name) as f:
+            return f.read()[-2000:]
+
+    @property
+    def _ray(self) -> str:
+        return os.path.join(os.path.dirname(sys.executable), "ray")
 
     def submit(self, entrypoint: list[str], working_dir: str = ".", timeout: float = 900) -> int:
         """`ray job submit --working-dir ... -- entrypoint`, waiting for it; returns the exit code."""
-        ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-        cmd = [ray_bin, "job", "submit", f"--address={self.dashboard_url}",
+        cmd = [self._ray, "job", "submit", f"--address={self.dashboard_url}",
                f"--working-dir={working_dir}", "--", *entrypoint]
         return subprocess.run(cmd, env=self.env, timeout=timeout).returncode
 

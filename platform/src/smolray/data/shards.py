@@ -18,6 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 MANIFEST = "manifest.json"
@@ -78,12 +79,22 @@ def token_dtype(vocab_size: int) -> str:
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """pyarrow filesystem and path for a local path or a URI (s3://, gs://, ...)."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    import os
+    """pyarrow filesystem and path for a local path or a URI.
 
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
+    pyarrow's own filesystems (local, s3://, gs://, hdfs://) first; any other
+    scheme fsspec knows (hf://, az://, ...) is wrapped for pyarrow.
+    """
+    if "://" not in uri:
+        import os
+
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(uri)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
 def join(base: str, name: str) -> str:

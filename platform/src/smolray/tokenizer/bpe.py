@@ -59,19 +59,21 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | Path,
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """A local tokenizer folder, or a Hugging Face hub id where the hub is reachable."""
     p = Path(path)
-    if not (p / "tokenizer.json").is_file():
-        raise FileNotFoundError(
-            f"tokenizer {path}: no tokenizer.json; train one with "
+    if p.is_dir() and (p / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(p))
+    hint = (f"tokenizer {path}: no tokenizer.json there; train one with "
             "`python jobs/train_tokenizer.py --config <recipe>`")
-    return AutoTokenizer.from_pretrained(str(p))
+    if p.is_dir() or str(path).startswith((".", "/")) or str(path).count("/") != 1:
+        raise FileNotFoundError(hint)
+    try:
+        return AutoTokenizer.from_pretrained(str(path))  # hub id such as org/name
+    except OSError as e:
+        raise FileNotFoundError(f"{hint} (and loading it from the hub failed: {e})") from None
 
 
 def fingerprint(path: str | Path) -> str:
     """Identity of a tokenizer's vocabulary, recorded in every shard manifest."""
-    f = Path(path) / "tokenizer.json"
-    if not f.is_file():
-        raise FileNotFoundError(f"tokenizer {path}: no tokenizer.json; train one with "
-                                "`python jobs/train_tokenizer.py --config <recipe>`")
-    data = f.read_bytes()
+    data = load_tokenizer(path).backend_tokenizer.to_str().encode()
     return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
