@@ -59,7 +59,8 @@ def main() -> None:
     with LocalHead(num_cpus=8, env=env) as head:
         print(f"ray head up at {head.address} (dashboard {head.dashboard_url})")
         for script in ("jobs/tokenize.py", "jobs/pretrain.py"):
-            rc = head.submit(["python", script, "--config", RECIPE, *set_args], working_dir=str(ROOT))
+            rc = head.submit(["python", script, "--config", RECIPE, *set_args],
+                             working_dir=str(ROOT)).returncode
             if rc != 0:
                 raise SystemExit(f"{script} failed (exit {rc}); see the job log above")
     summary = json.loads((OUT / "run" / "summary.json").read_text())

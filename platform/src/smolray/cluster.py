@@ -92,11 +92,12 @@ class LocalHead:
     def _ray(self) -> str:
         return os.path.join(os.path.dirname(sys.executable), "ray")
 
-    def submit(self, entrypoint: list[str], working_dir: str = ".", timeout: float = 900) -> int:
-        """`ray job submit --working-dir ... -- entrypoint`, waiting for it; returns the exit code."""
+    def submit(self, entrypoint: list[str], working_dir: str = ".", timeout: float = 900,
+               capture: bool = False) -> subprocess.CompletedProcess:
+        """`ray job submit --working-dir ... -- entrypoint`, waiting for it to end."""
         cmd = [self._ray, "job", "submit", f"--address={self.dashboard_url}",
                f"--working-dir={working_dir}", "--", *entrypoint]
-        return subprocess.run(cmd, env=self.env, timeout=timeout).returncode
+        return subprocess.run(cmd, env=self.env, timeout=timeout, capture_output=capture, text=True)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

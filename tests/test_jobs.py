@@ -1,0 +1,119 @@
+"""Entry points as users run them: dry-run, fail-fast, and `ray job submit`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, TINY, recipe_overrides
+
+PY = sys.executable
+
+
+def run_job(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+@pytest.mark.parametrize("name,params", [("smollm2-135m", "134,515,008"),
+                                         ("smollm2-360m", "361,821,120"),
+                                         ("smollm2-1.7b", "1,711,376,384")])
+def test_dry_run_prints_exact_parameter_counts_and_plan(name, params):
+    out = run_job("jobs/pretrain.py", "--config", f"recipes/{name}.yaml", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert f"parameters:        {params}\n" in text
+    assert "tokens per step:" in text and "total tokens:" in text
+    assert "end of warmup: step      1,999" in text and "last step:" in text
+    for source in ("fineweb-edu", "dclm", "starcoderdata"):
+        assert source in text
+    assert "Started a local Ray instance" not in out.stderr  # nothing was started
+
+
+def test_bad_recipe_fails_fast_with_field_and_fix():
+    out = run_job("jobs/pretrain.py", "--config", "recipes/tiny.yaml", "--set", "train.zero_stage=9",
+                  "--set", "data.weights.math=-1")
+    assert out.returncode == 2
+    assert "train.zero_stage=9" in out.stderr and "data.weights.math=-1" in out.stderr
+    assert "Traceback" not in out.stderr and "Ray instance" not in out.stderr
+
+
+def test_missing_data_fails_before_cluster_work(tmp_path):
+    out = run_job("jobs/pretrain.py", "--config", "recipes/tiny.yaml",
+                  "--set", f"data.sources.code.shards={tmp_path}/none",
+                  "--set", f"tokenizer={tmp_path}/no-tokenizer")
+    assert out.returncode == 2
+    assert "no tokenizer.json" in out.stderr and "Ray instance" not in out.stderr
+
+
+def test_cluster_yaml_matches_rays_schema():
+    from ray.autoscaler._private.util import validate_config
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(config)
+    assert {"head", "gpu_train", "gpu_serve", "cpu_data"} <= set(config["available_node_types"])
+    assert any("make install" in c for c in config["setup_commands"])
+    config["available_node_types"]["head"]["min_wrokers"] = 1  # a typo must not pass
+    with pytest.raises(Exception, match="min_wrokers"):
+        validate_config(config)
+
+
+def test_nothing_importable_as_platform():
+    assert not (ROOT / "platform" / "__init__.py").exists()
+    assert not list((ROOT / "platform").glob("*.py"))
+
+
+@pytest.fixture(scope="module")
+def head():
+    from smolray.cluster import LocalHead
+
+    env = {"PATH": os.path.dirname(PY) + os.pathsep + os.environ["PATH"]}
+    head = LocalHead(num_cpus=6, env=env).start()
+    yield head
+    head.stop()
+    # The head and everything it spawned are gone.
+    leftovers = subprocess.run(["pgrep", "-f", head.temp_dir], capture_output=True, text=True).stdout
+    assert leftovers.strip() == ""
+
+
+PROBE = """
+import platform, ray
+ray.init()
+@ray.remote
+def probe():
+    import os, platform
+    return platform.__file__, platform.system(), os.getcwd()
+print("PROBE", *ray.get(probe.remote()), sep="|")
+"""
+
+
+def test_stdlib_platform_on_a_worker_with_the_repo_as_working_dir(head):
+    out = head.submit(["python", "-c", PROBE], working_dir=str(ROOT), timeout=300, capture=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("PROBE|"))
+    _, path, system, cwd = line.split("|")
+    assert Path(path).parent == Path(sysconfig.get_paths()["stdlib"])
+    assert system == "Linux"
+    assert (Path(cwd) / "platform" / "pyproject.toml").exists()  # the repo really is the cwd
+
+
+def test_ray_job_submit_runs_pretrain_end_to_end(head, corpus, tmp_path):
+    out = tmp_path / "run"
+    sets = recipe_overrides(corpus["tokenizer"], corpus["root"], out) + [
+        "train.total_tokens=32768", "schedule.warmup_steps=2", "checkpoint.every_steps=4",
+        "run.log_every_steps=2"]
+    args = [a for s in sets for a in ("--set", s)]
+    rc = head.submit(["python", "jobs/pretrain.py", "--config", str(TINY.relative_to(ROOT)), *args],
+                     working_dir=str(ROOT), timeout=600).returncode
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["final_loss"] < summary["first_loss"]
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(out / "export"))
+    assert Path(summary["loss_curve"]).is_file() and summary["completion"]
