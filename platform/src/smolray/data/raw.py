@@ -20,6 +20,7 @@ class RawDataError(ValueError):
 
 
 def file_format(path: str) -> str:
+    path = path.partition("?")[0]
     for ext, fmt in FORMATS.items():
         if path.endswith(ext) or path.endswith(ext + ".gz"):
             return fmt
@@ -45,11 +46,18 @@ def _expand_one(pat: str) -> list[str]:
             return sorted(p for p in glob.glob(os.path.join(pat, "**", "*"), recursive=True)
                           if os.path.isfile(p) and _known(p))
         return sorted(p for p in glob.glob(pat) if os.path.isfile(p))
+    # Query options (?endpoint_override=...) configure the filesystem; keep
+    # them on every expanded path so each one opens the same way anywhere.
+    base, _, query = pat.partition("?")
     fs, path = filesystem(pat)
-    scheme = pat.split("://", 1)[0] + "://"
+    scheme, rest = base.split("://", 1)
+    netloc = rest.split("/", 1)[0]
+    # Credentials in the URI (user:key@bucket) stay with every path too.
+    prefix = scheme + "://" + (netloc.rsplit("@", 1)[0] + "@" if "@" in netloc else "")
     has_glob = any(c in path for c in "*?[")
     root = path.split("*")[0].rsplit("/", 1)[0] if has_glob else path
     info = fs.get_file_info(root)
+    suffix = "?" + query if query else ""
     if info.type == pafs.FileType.File:
         return [pat]
     if info.type != pafs.FileType.Directory:
@@ -57,10 +65,11 @@ def _expand_one(pat: str) -> list[str]:
     files = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     keep = [f.path for f in files if f.type == pafs.FileType.File and
             (fnmatch.fnmatch(f.path, path) if has_glob else _known(f.path))]
-    return sorted(scheme + p for p in keep)
+    return sorted(prefix + p + suffix for p in keep)
 
 
 def _known(path: str) -> bool:
+    path = path.partition("?")[0]
     return any(path.endswith(e) or path.endswith(e + ".gz") for e in FORMATS)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -43,7 +44,8 @@ def _inputs(files: list[str]) -> list[str]:
     out = []
     for f in files:
         fs, p = filesystem(f)
-        out.append(f"{f}:{fs.get_file_info(p).size}")
+        # Never write credentials given in a URI (s3://key:secret@bucket) to disk.
+        out.append(f"{re.sub(r'://[^/@]+@', '://', f)}:{fs.get_file_info(p).size}")
     return out
 
 
@@ -72,9 +74,14 @@ def tokenize_source(src: SourceConfig, tokenizer: str, vocab_size: int,
         by_format.setdefault(file_format(f), []).append(f)
     parts = []
     for fmt, group in by_format.items():
-        read = ray.data.read_parquet if fmt == "parquet" else ray.data.read_json
-        parts.append(read(group, columns=[src.text_field]) if fmt == "parquet" else
-                     read(group).select_columns([src.text_field]))
+        # Resolve the filesystem ourselves: the same rules (and fsspec
+        # schemes such as hf://) as every other smolray read.
+        read_fs = filesystem(group[0])[0]
+        paths = [filesystem(f)[1] for f in group]
+        if fmt == "parquet":
+            parts.append(ray.data.read_parquet(paths, filesystem=read_fs, columns=[src.text_field]))
+        else:
+            parts.append(ray.data.read_json(paths, filesystem=read_fs).select_columns([src.text_field]))
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     ds.context.execution_options.preserve_order = True
     ds = ds.map_batches(_encode, batch_size=256, batch_format="numpy",
