@@ -15,13 +15,8 @@ _here = os.path.dirname(os.path.realpath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != _here]
 
 from smolray.cli import load, recipe_parser, run
-from smolray.cluster import connect
 from smolray.data.plan import DataPlanError, build_plan
 from smolray.tokenizer import fingerprint
-from smolray.train.dryrun import describe
-from smolray.train.export import export_hf
-from smolray.train.summary import build_summary, format_summary, write_summary
-from smolray.train.trainer import build_trainer, log_dir, output_dir
 
 
 def main() -> None:
@@ -39,10 +34,19 @@ def main() -> None:
     except (DataPlanError, FileNotFoundError) as e:
         plan, error = None, str(e)
     if args.dry_run:
+        from smolray.train.dryrun import describe
+
         print(describe(recipe, plan, error))
         return
     if error:
         raise DataPlanError(error)
+
+    # Imported only now: torch, DeepSpeed and transformers take seconds, and
+    # a bad recipe should fail before paying for them.
+    from smolray.cluster import connect
+    from smolray.train.export import export_hf
+    from smolray.train.summary import build_summary, format_summary, write_summary
+    from smolray.train.trainer import build_trainer, log_dir, output_dir
 
     # 2. Train (or resume) on the cluster.
     connect()

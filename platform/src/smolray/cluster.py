@@ -103,7 +103,7 @@ class LocalHead:
         if self.proc and self.proc.poll() is None:
             # The session holds the head and everything it spawned (GCS,
             # raylet, workers, dashboard); signal that group only.
-            for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
                 try:
                     os.killpg(self.proc.pid, sig)
                 except ProcessLookupError:

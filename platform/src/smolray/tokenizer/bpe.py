@@ -11,8 +11,12 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+if TYPE_CHECKING:  # transformers costs seconds to import; entry points check recipes first
+    from transformers import PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"
 SPECIAL_TOKENS = [EOS, "<|im_start|>", "<|im_end|>", "<repo_name>", "<reponame>",
@@ -34,6 +38,8 @@ CHAT_TEMPLATE = (
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | Path,
               model_max_length: int = 8192) -> PreTrainedTokenizerFast:
+    from transformers import PreTrainedTokenizerFast
+
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size={vocab_size} cannot hold the 256 bytes and "
                          f"{len(SPECIAL_TOKENS)} special tokens; use at least 512")
@@ -60,6 +66,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | Path,
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     """A local tokenizer folder, or a Hugging Face hub id where the hub is reachable."""
+    from transformers import AutoTokenizer
+
     p = Path(path)
     if p.is_dir() and (p / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(p))
@@ -75,5 +83,8 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
 
 def fingerprint(path: str | Path) -> str:
     """Identity of a tokenizer's vocabulary, recorded in every shard manifest."""
-    data = load_tokenizer(path).backend_tokenizer.to_str().encode()
+    local = Path(path) / "tokenizer.json"
+    backend = (Tokenizer.from_file(str(local)) if local.is_file()
+               else load_tokenizer(path).backend_tokenizer)
+    data = backend.to_str().encode()
     return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
