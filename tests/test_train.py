@@ -55,6 +55,8 @@ def test_zero_stage_trains_and_loss_falls(runs, stage):
         assert abs(rows[-1][f"share/{name}"] - share) < 0.02
     assert rows[-1]["lr"] == 0.0  # WSD reached its minimum on the last step
     assert all(np.isfinite(r["grad_norm"]) for r in rows)
+    events = os.listdir(os.path.join(log_dir(recipe), "tensorboard"))
+    assert any(f.startswith("events.out.tfevents") for f in events)
 
 
 def test_zero_stages_agree(runs):
