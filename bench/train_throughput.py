@@ -50,7 +50,7 @@ def bare_loop(recipe, plan, steps: int) -> float:
     opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, from_recipe(recipe).factor)
     B, m = recipe.train.global_batch_size, recipe.train.micro_batch_size
-    data = torch.tensor(plan.read(0, steps * B)["tokens"])  # in memory: no data cost at all
+    data = torch.tensor(plan.read(0, 0, steps * B)["tokens"])  # in memory: no data cost at all
     times = []
     for step in range(steps):
         t0 = time.perf_counter()

@@ -10,7 +10,7 @@ from smolray.train.checkpoint import CheckpointError, TrainerState, mark_rank_do
 def state(world: int) -> TrainerState:
     return TrainerState(step=8, sequences=128, world_size=world, source_names=["a", "b"],
                         source_tokens=[1024, 1024], source_sequences=[4, 4], recipe_name="t",
-                        plan_fingerprint="sha256:x")
+                        stage_fingerprints=["main:sha256:x"])
 
 
 def test_complete_checkpoint_verifies(tmp_path):

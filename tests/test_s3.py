@@ -61,7 +61,7 @@ def test_tokenize_from_s3_to_s3_matches_local(s3_server, corpus, tmp_path):
 
     # Training reads the bucket with ranged reads; same sequences as on disk.
     local_recipe = load_recipe(TINY, recipe_overrides(corpus["tokenizer"], corpus["root"], tmp_path))
-    a, b = build_plan(recipe).read(0, 24), build_plan(local_recipe).read(0, 24)
+    a, b = build_plan(recipe).read(0, 0, 24), build_plan(local_recipe).read(0, 0, 24)
     assert np.array_equal(a["tokens"], b["tokens"]) and np.array_equal(a["doc"], b["doc"])
 
     # An unchanged source is not tokenized twice.

@@ -94,7 +94,7 @@ def test_export_loads_in_transformers_and_generates(runs, tmp_path):
     # loss is far below that of the same architecture untrained.
     from smolray.model import build_model
 
-    batch = torch.tensor(build_plan(recipe).read(0, 8)["tokens"])
+    batch = torch.tensor(build_plan(recipe).read(0, 0, 8)["tokens"])
     with torch.no_grad():
         trained = model(input_ids=batch, labels=batch).loss.item()
         fresh = build_model(recipe.model, seed=1).eval()(input_ids=batch, labels=batch).loss.item()

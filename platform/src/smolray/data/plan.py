@@ -1,19 +1,24 @@
 """The data plan: what every training sequence is, from the recipe alone.
 
-Sequence i of the run (i = step * global_batch_size + position in the batch)
-is fixed by four pure functions, applied in order:
-  1. mixture.interleave: i -> (source s, draw k), k-th draw from s;
-  2. epoch e = k // chunks(s), j = k % chunks(s), where chunks(s) is how
-     many (seq_len + 1)-token chunks the source's token stream holds;
-  3. permute.permute: chunk c = P(seed, s, e)(j), a fresh shuffle per epoch;
+A run is a list of stages (`smolray.recipe.timeline`). Sequence j of stage k
+(j = (step - stage start) * stage batch + position in the batch) is fixed by
+four pure functions, applied in order:
+  1. mixture.interleave over the stage's weights: j -> (source s, draw k'),
+     and k = k' + the draws of s in earlier stages of the same seq_len, so a
+     source's stream continues across stages instead of restarting;
+  2. epoch e = k // chunks(s), place j' = k % chunks(s), where chunks(s) is
+     how many (seq_len + 1)-token chunks the source's token stream holds;
+  3. permute.permute: chunk c = P(seed, s, e, seq_len)(j'), a fresh shuffle
+     per epoch;
   4. the tokens at [c * (seq_len + 1), (c + 1) * (seq_len + 1)) of the stream.
-So the plan depends on (recipe, manifests, seed, i) and on nothing else:
-not the worker count, not timing. Resuming at step t means starting at
-i = t * global_batch_size; nothing else needs saving.
+So the plan depends on (recipe, manifests, seed, step) and nothing else:
+not the worker count, not timing. Resuming at step t needs nothing but t.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +27,7 @@ from smolray.data import mixture
 from smolray.data.permute import key_for, permute
 from smolray.data.shards import Manifest, ShardError, cached_reader, read_manifest, token_dtype
 from smolray.recipe import Recipe
+from smolray.recipe.timeline import Stage
 
 
 class DataPlanError(ValueError):
@@ -33,19 +39,33 @@ class SourcePlan:
     name: str
     uri: str
     manifest_json: str
-    share: float  # normalized target share
     tokens: int  # tokens available in one epoch of the source
     docs: int
+    max_epochs: float
 
     def chunks(self, seq_len: int) -> int:
         return self.tokens // (seq_len + 1)
 
 
 @dataclass(frozen=True)
+class StagePlan:
+    stage: Stage
+    sources: tuple[int, ...]  # indices into DataPlan.sources drawn in this stage
+    weights: tuple[int, ...]  # quantized shares, aligned with `sources`
+    offsets: tuple[int, ...]  # per DataPlan source: earlier draws on this seq_len's chunk grid
+    first_sequence: int  # run-wide number of the stage's first sequence
+
+    def draws(self, j: int, n_sources: int) -> np.ndarray:
+        """Sequences each (plan) source supplies among this stage's first j."""
+        out = np.zeros(n_sources, dtype=np.int64)
+        out[list(self.sources)] = mixture.draws_before(np.asarray(self.weights), j)
+        return out
+
+
+@dataclass(frozen=True)
 class DataPlan:
     sources: tuple[SourcePlan, ...]
-    weights: tuple[int, ...]  # quantized shares, see mixture.quantize
-    seq_len: int
+    stages: tuple[StagePlan, ...]
     seed: int
     eos_id: int
 
@@ -53,43 +73,83 @@ class DataPlan:
     def names(self) -> list[str]:
         return [s.name for s in self.sources]
 
-    def fingerprint(self, global_batch: int) -> str:
-        """Identity of everything that decides which sequence lands in which step."""
-        import hashlib
-        import json
+    def stage_at(self, step: int) -> StagePlan:
+        """The stage that optimizer step `step` (0-based) belongs to."""
+        for sp in self.stages:
+            if step < sp.stage.stop_step:
+                return sp
+        return self.stages[-1]
 
-        shards = [[sh["sha256"] for sh in json.loads(s.manifest_json)["shards"]] for s in self.sources]
-        key = json.dumps([self.names, self.weights, self.seq_len, self.seed, global_batch, shards])
-        return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    def draws_through(self, step: int) -> np.ndarray:
+        """Sequences each source supplied to the first `step` optimizer steps."""
+        out = np.zeros(len(self.sources), dtype=np.int64)
+        for sp in self.stages:
+            st = sp.stage
+            done = min(max(step - st.start_step, 0), st.steps)
+            out += sp.draws(done * st.batch, len(self.sources))
+        return out
 
-    def draws(self, sequences: int) -> np.ndarray:
-        """Sequences each source supplies among the first `sequences`."""
-        return mixture.draws_before(np.asarray(self.weights), sequences)
+    def tokens_through(self, step: int) -> np.ndarray:
+        """Training (input) tokens each source supplied to the first `step` steps."""
+        out = np.zeros(len(self.sources), dtype=np.int64)
+        for sp in self.stages:
+            st = sp.stage
+            done = min(max(step - st.start_step, 0), st.steps)
+            out += sp.draws(done * st.batch, len(self.sources)) * st.seq_len
+        return out
 
-    def epochs(self, sequences: int) -> np.ndarray:
-        """Epochs of each source consumed by the first `sequences` sequences."""
-        chunks = np.array([s.chunks(self.seq_len) for s in self.sources], dtype=np.float64)
-        return self.draws(sequences) / chunks
+    def epochs_through(self, step: int) -> np.ndarray:
+        """Epochs of each source consumed by the first `step` steps."""
+        out = np.zeros(len(self.sources), dtype=np.float64)
+        for sp in self.stages:
+            st = sp.stage
+            done = min(max(step - st.start_step, 0), st.steps)
+            chunks = np.array([s.chunks(st.seq_len) for s in self.sources], dtype=np.float64)
+            out += sp.draws(done * st.batch, len(self.sources)) / np.maximum(chunks, 1)
+        return out
 
-    def locate(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        """Where sequences [start, stop) come from, without reading any tokens."""
-        w = np.asarray(self.weights)
-        src, draw = mixture.interleave(w, start, stop)
-        chunks = np.array([s.chunks(self.seq_len) for s in self.sources], dtype=np.int64)
-        epoch = draw // chunks[src]
+    def fingerprints(self, step: int) -> list[str]:
+        """Identity of each stage begun before `step`: what a resume must not change.
+
+        Later stages may be edited freely between a stop and a resume.
+        """
+        out = []
+        for sp in self.stages:
+            if sp.stage.start_step >= step:
+                break
+            shards = {self.sources[i].name: [sh["sha256"] for sh in
+                                             json.loads(self.sources[i].manifest_json)["shards"]]
+                      for i in sp.sources}
+            st = sp.stage
+            key = json.dumps([st.name, st.start_step, st.seq_len, st.batch, st.rope_theta,
+                              [self.sources[i].name for i in sp.sources], sp.weights,
+                              sp.offsets, self.seed, shards])
+            out.append(f"{st.name}:sha256:" + hashlib.sha256(key.encode()).hexdigest()[:16])
+        return out
+
+    def locate(self, k: int, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Where sequences [start, stop) of stage k come from, without reading tokens."""
+        sp = self.stages[k]
+        L = sp.stage.seq_len
+        local, draw = mixture.interleave(np.asarray(sp.weights), start, stop)
+        src = np.asarray(sp.sources, dtype=np.int64)[local]
+        draw = draw + np.asarray(sp.offsets, dtype=np.int64)[src]
+        chunks = np.array([s.chunks(L) for s in self.sources], dtype=np.int64)
+        epoch = draw // np.maximum(chunks[src], 1)
         chunk = np.empty_like(draw)
         for s in np.unique(src):
             for e in np.unique(epoch[src == s]):
                 sel = (src == s) & (epoch == e)
-                key = key_for(self.seed, int(s), int(e))
+                key = key_for(self.seed, int(s), int(e), L + 1)
                 chunk[sel] = permute(draw[sel] % chunks[s], int(chunks[s]), key)
-        return {"index": np.arange(start, stop, dtype=np.int64), "source": src,
-                "epoch": epoch, "chunk": chunk}
+        return {"index": sp.first_sequence + np.arange(start, stop, dtype=np.int64),
+                "stage": np.full(stop - start, k, dtype=np.int64),
+                "source": src, "epoch": epoch, "chunk": chunk}
 
-    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        """Tokens and identity (source, document, offset) of sequences [start, stop)."""
-        where = self.locate(start, stop)
-        span = self.seq_len + 1
+    def read(self, k: int, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Tokens and identity (source, document, offset) of sequences [start, stop) of stage k."""
+        where = self.locate(k, start, stop)
+        span = self.stages[k].stage.seq_len + 1
         n = stop - start
         tokens = np.empty((n, span), dtype=np.int64)
         doc = np.empty(n, dtype=np.int64)
@@ -111,45 +171,70 @@ def build_plan(recipe: Recipe, manifests: dict[str, Manifest] | None = None,
     collected and raised together, before any cluster work.
     """
     d = recipe.data
+    stages = recipe.stages
+    drawn = [s.name for s in d.sources if any(s.name in st.shares for st in stages)]
     problems: list[str] = []
     plans: list[SourcePlan] = []
     eos_ids: set[int] = set()
-    for name, share in d.mixture.items():
+    for name in drawn:
         src = d.source(name)
         try:
             m = manifests[name] if manifests and name in manifests else read_manifest(src.shards)
         except ShardError as e:
             problems.append(f"data.sources.{name}.shards={src.shards!r}: {e}")
             continue
-        if m.tokens == 0:
+        longest = max(st.seq_len for st in stages if name in st.shares)
+        if m.tokens < longest + 1:
             problems.append(
-                f"data.sources.{name}.shards={src.shards!r}: the source has no tokens; check its "
-                "raw files and text_field, or set data.weights.{name}=0"
-            )
+                f"data.sources.{name}.shards={src.shards!r}: {m.tokens} tokens cannot fill one "
+                f"sequence of {longest + 1}; check its raw files and text_field, add data, or "
+                f"give it weight 0")
             continue
-        if m.tokens < d.seq_len + 1:
-            problems.append(
-                f"data.sources.{name}: {m.tokens} tokens cannot fill one sequence of "
-                f"data.seq_len+1={d.seq_len + 1}; lower data.seq_len or add data"
-            )
         if tokenizer_fingerprint and m.tokenizer != tokenizer_fingerprint:
             problems.append(
                 f"data.sources.{name}.shards={src.shards!r}: tokenized with a different tokenizer "
                 f"({m.tokenizer}) than recipe.tokenizer ({tokenizer_fingerprint}); re-run "
-                "jobs/tokenize.py with this recipe"
-            )
+                "jobs/tokenize.py with this recipe")
         if m.dtype != token_dtype(recipe.model.vocab_size) and recipe.model.vocab_size > 1 << 16:
             problems.append(f"data.sources.{name}: {m.dtype} shards cannot hold vocab "
                             f"{recipe.model.vocab_size}; re-tokenize")
         eos_ids.add(m.eos_id)
         plans.append(SourcePlan(name=name, uri=src.shards, manifest_json=m.to_json(),
-                                share=share, tokens=m.tokens, docs=m.docs))
+                                tokens=m.tokens, docs=m.docs, max_epochs=src.max_epochs))
     if len(eos_ids) > 1:
         problems.append(f"sources disagree on the EOS id ({sorted(eos_ids)}); tokenize all "
                         "sources with the recipe's tokenizer")
     if problems:
         raise DataPlanError("the recipe's data cannot be used:\n" +
                             "\n".join("  - " + p for p in problems))
-    weights = mixture.quantize([p.share for p in plans])
-    return DataPlan(sources=tuple(plans), weights=tuple(int(x) for x in weights),
-                    seq_len=d.seq_len, seed=recipe.seed, eos_id=eos_ids.pop())
+
+    index = {p.name: i for i, p in enumerate(plans)}
+    stage_plans: list[StagePlan] = []
+    used: dict[int, np.ndarray] = {}  # seq_len -> draws so far per source on that chunk grid
+    first = 0
+    for st in stages:
+        srcs = tuple(index[n] for n in st.shares)
+        weights = tuple(int(w) for w in mixture.quantize(list(st.shares.values())))
+        offsets = used.setdefault(st.seq_len, np.zeros(len(plans), dtype=np.int64))
+        sp = StagePlan(stage=st, sources=srcs, weights=weights,
+                       offsets=tuple(int(x) for x in offsets), first_sequence=first)
+        used[st.seq_len] = offsets + sp.draws(st.sequences, len(plans))
+        stage_plans.append(sp)
+        first += st.sequences
+    plan = DataPlan(sources=tuple(plans), stages=tuple(stage_plans), seed=recipe.seed,
+                    eos_id=eos_ids.pop())
+    _check_epochs(plan, recipe)
+    return plan
+
+
+def _check_epochs(plan: DataPlan, recipe: Recipe) -> None:
+    if recipe.data.allow_over_epochs:
+        return
+    epochs = plan.epochs_through(recipe.total_steps)
+    over = [f"data.sources.{s.name}: the plan draws {e:.2f} epochs, above max_epochs="
+            f"{s.max_epochs:g}" for s, e in zip(plan.sources, epochs) if e > s.max_epochs]
+    if over:
+        raise DataPlanError(
+            "the plan repeats sources past their epoch caps:\n" + "\n".join("  - " + o for o in over)
+            + "\nlower their weights, add data, raise data.sources.<name>.max_epochs, or set "
+            "data.allow_over_epochs=true")

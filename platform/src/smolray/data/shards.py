@@ -47,6 +47,8 @@ class Manifest:
     # The raw files and their sizes, so a re-run can tell nothing changed.
     inputs: list[str] = field(default_factory=list)
     skipped_empty: int = 0
+    skipped_short: int = 0  # documents under min_doc_tokens, left out
+    min_doc_tokens: int = 0
     format_version: int = FORMAT_VERSION
 
     @property

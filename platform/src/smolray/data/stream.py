@@ -1,8 +1,9 @@
 """Packed training sequences streamed by Ray Data into one trainer worker.
 
-Each worker builds its own pipeline over exactly the sequence indices it
-owns: in global step t, rank r of W takes indices
-  t * B + r * (B / W) ... t * B + (r + 1) * (B / W) - 1     (B = global batch)
+Each worker builds its own pipeline, one stage at a time, over exactly the
+sequences it owns: in step t of stage k (starting at step S, B sequences a
+step), rank r of W takes the stage's sequences
+  (t - S) * B + r * (B / W) ... (t - S) * B + (r + 1) * (B / W) - 1
 so the set of sequences in a step never depends on W or on timing. The
 pipeline's read tasks run wherever Ray finds CPUs (CPU-only nodes on a real
 cluster) and prefetch ahead of the trainer.
@@ -25,38 +26,48 @@ from smolray.data.plan import DataPlan
 
 @dataclass(frozen=True)
 class RankSlice:
-    """The sequences one rank consumes from `start_step` to `stop_step`."""
+    """The sequences one rank consumes in stage `stage`, steps [start_step, stop_step)."""
 
+    stage: int
     rank: int
     world: int
-    global_batch: int
+    stage_start: int  # the stage's first step
+    batch: int  # the stage's sequences per step
     start_step: int
     stop_step: int
 
     @property
     def per_step(self) -> int:
-        return self.global_batch // self.world
+        return self.batch // self.world
 
     @property
     def rows(self) -> int:
         return (self.stop_step - self.start_step) * self.per_step
 
     def indices(self, rows: np.ndarray) -> np.ndarray:
-        """Global sequence index of each local row number."""
-        step = self.start_step + rows // self.per_step
-        return step * self.global_batch + self.rank * self.per_step + rows % self.per_step
+        """Stage-local sequence index of each local row number."""
+        step = self.start_step - self.stage_start + rows // self.per_step
+        return step * self.batch + self.rank * self.per_step + rows % self.per_step
 
 
-def read_indices(plan: DataPlan, idx: np.ndarray) -> dict[str, np.ndarray]:
+def rank_slice(plan: DataPlan, rank: int, world: int, start_step: int, stop_step: int) -> RankSlice:
+    """The part of the stage holding `start_step` that lies before `stop_step`."""
+    st = plan.stage_at(start_step).stage
+    return RankSlice(stage=st.index, rank=rank, world=world, stage_start=st.start_step,
+                     batch=st.batch, start_step=start_step, stop_step=min(stop_step, st.stop_step))
+
+
+def read_indices(plan: DataPlan, stage: int, idx: np.ndarray) -> dict[str, np.ndarray]:
     """plan.read over an ascending index array, one contiguous run at a time."""
     breaks = np.flatnonzero(np.diff(idx) != 1) + 1
-    parts = [plan.read(int(run[0]), int(run[-1]) + 1) for run in np.split(idx, breaks) if len(run)]
+    parts = [plan.read(stage, int(run[0]), int(run[-1]) + 1)
+             for run in np.split(idx, breaks) if len(run)]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _assemble(batch: dict[str, np.ndarray], plan: DataPlan, part: RankSlice,
               position_ids: bool) -> dict[str, np.ndarray]:
-    got = read_indices(plan, part.indices(batch["id"].astype(np.int64)))
+    got = read_indices(plan, part.stage, part.indices(batch["id"].astype(np.int64)))
     tokens = got.pop("tokens")
     out = {"input_ids": tokens[:, :-1], "labels": tokens[:, 1:], **got}
     if position_ids:

@@ -58,7 +58,7 @@ def tokenize_source(src: SourceConfig, tokenizer: str, vocab_size: int,
     if not force:
         try:
             old = read_manifest(src.shards)
-            if old.tokenizer == fp and old.inputs == inputs:
+            if (old.tokenizer, old.inputs, old.min_doc_tokens) == (fp, inputs, src.min_doc_tokens):
                 log.info("%s: up to date (%d docs, %d tokens)", src.name, old.docs, old.tokens)
                 return old
         except ShardError:
@@ -88,11 +88,14 @@ def tokenize_source(src: SourceConfig, tokenizer: str, vocab_size: int,
                         fn_kwargs={"tokenizer": str(tokenizer), "text_field": src.text_field})
 
     dtype = token_dtype(vocab_size)
-    shards, pending, pending_tokens, skipped = [], [], 0, 0
+    shards, pending, pending_tokens, skipped, short = [], [], 0, 0, 0
     for batch in ds.iter_batches(batch_size=1024, batch_format="numpy"):
         for ids in batch["ids"]:
             if len(ids) == 0:
                 skipped += 1
+                continue
+            if len(ids) < src.min_doc_tokens:
+                short += 1
                 continue
             pending.append(ids)
             pending_tokens += len(ids)
@@ -104,7 +107,8 @@ def tokenize_source(src: SourceConfig, tokenizer: str, vocab_size: int,
     _remove_stale(fs, base, keep={s.file for s in shards})
     eos = _tokenizer(str(tokenizer)).eos_token_id
     manifest = Manifest(source=src.name, dtype=dtype, eos_id=eos, tokenizer=fp,
-                        shards=shards, inputs=inputs, skipped_empty=skipped)
+                        shards=shards, inputs=inputs, skipped_empty=skipped, skipped_short=short,
+                        min_doc_tokens=src.min_doc_tokens)
     write_manifest(fs, base, manifest)
     if manifest.docs == 0:
         raise ShardError(f"data.sources.{src.name}: no non-empty documents in {src.raw}")

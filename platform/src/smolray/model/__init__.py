@@ -1,3 +1,3 @@
-from smolray.model.llama import build_model, count_parameters, hf_config
+from smolray.model.llama import build_model, count_parameters, hf_config, set_rope_theta
 
-__all__ = ["build_model", "count_parameters", "hf_config"]
+__all__ = ["build_model", "count_parameters", "hf_config", "set_rope_theta"]

@@ -50,3 +50,21 @@ def count_parameters(cfg: ModelConfig) -> int:
     with torch.device("meta"):
         model = LlamaForCausalLM(hf_config(cfg))
     return sum(p.numel() for p in model.parameters())
+
+
+def set_rope_theta(model: LlamaForCausalLM, theta: float) -> None:
+    """Switch RoPE's base (context extension) in place, e.g. at a stage boundary.
+
+    inv_freq is a non-persistent buffer: it is not in checkpoints, so a run
+    that resumes inside a stage sets it again from the recipe.
+    """
+    cfg = model.config
+    if cfg.rope_parameters.get("rope_theta") == theta:
+        return
+    cfg.rope_parameters = {**cfg.rope_parameters, "rope_theta": theta}
+    rotary = model.model.rotary_emb
+    fresh = type(rotary)(config=cfg, device=rotary.inv_freq.device)
+    with torch.no_grad():
+        rotary.inv_freq.copy_(fresh.inv_freq)
+        if hasattr(rotary, "original_inv_freq"):
+            rotary.original_inv_freq = fresh.original_inv_freq

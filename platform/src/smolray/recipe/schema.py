@@ -63,14 +63,54 @@ class SourceConfig(_Strict):
     # Raw documents for jobs/tokenize.py: parquet or jsonl paths, globs or URIs.
     raw: list[str] = Field(default_factory=list)
     text_field: str = "text"
+    # The plan refuses to draw more epochs of this source than this (SmolLM2
+    # kept every source within 4 to 5), unless data.allow_over_epochs.
+    max_epochs: float = Field(default=5.0, gt=0)
+    # Keep only documents of at least this many tokens (EOS included): a
+    # long-document view of a corpus, for context-extension stages.
+    min_doc_tokens: int = Field(default=0, ge=0)
+
+
+def _check_weights(weights: dict[str, float], names: set[str], field: str) -> None:
+    for name, w in weights.items():
+        if name not in names:
+            raise ValueError(
+                f"{field}.{name}: no source named {name!r}; known sources are "
+                f"{sorted(names)} (add it under data.sources or fix the name)"
+            )
+        if not math.isfinite(w) or w < 0:
+            raise ValueError(
+                f"{field}.{name}={w}: weights must be finite and >= 0 (use 0 to leave a source out)"
+            )
+    total = sum(weights.values())
+    if total <= 0:
+        raise ValueError(f"{field} sum to {total}: at least one source needs a positive weight")
+
+
+class StageConfig(_Strict):
+    """One stage of a multi-stage mixture, from `start` to the next stage's start."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # Where the stage starts: up to 1, a fraction of the run's tokens; above 1,
+    # an absolute token count. Rounded down to a whole optimizer step.
+    start: float = Field(ge=0)
+    weights: dict[str, float]
+    # Optional per stage (context extension): longer sequences, a new RoPE
+    # theta, and the micro batch that fits them. Tokens per step stay fixed.
+    seq_len: int | None = Field(default=None, gt=0)
+    rope_theta: float | None = Field(default=None, gt=0)
+    micro_batch_size: int | None = Field(default=None, gt=0)
 
 
 class DataConfig(_Strict):
     seq_len: int = Field(gt=0)
     sources: list[SourceConfig] = Field(min_length=1)
-    # Relative weights per source name; normalized to sum to 1. A source
-    # listed under `sources` but absent here is not drawn from.
-    weights: dict[str, float]
+    # A single mixture: relative weights per source name, normalized to sum
+    # to 1 (a source absent here is not drawn from). Or `stages` instead.
+    weights: dict[str, float] | None = None
+    stages: list[StageConfig] | None = None
+    # Draw past a source's max_epochs instead of refusing the plan.
+    allow_over_epochs: bool = False
     # Restart position ids after every EOS, so RoPE positions count from each
     # document's start rather than the packed sequence's.
     reset_position_ids: bool = False
@@ -88,34 +128,39 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _weights(self) -> DataConfig:
+        if (self.weights is None) == (self.stages is None):
+            raise ValueError("data: give either data.weights (one mixture) or data.stages "
+                             "(a schedule of mixtures), not both or neither")
         names = {s.name for s in self.sources}
-        for name, w in self.weights.items():
-            if name not in names:
-                raise ValueError(
-                    f"data.weights.{name}: no source named {name!r}; "
-                    f"known sources are {sorted(names)} (add it under data.sources or fix the name)"
-                )
-            if not math.isfinite(w) or w < 0:
-                raise ValueError(
-                    f"data.weights.{name}={w}: weights must be finite and >= 0 "
-                    "(use 0 to leave a source out)"
-                )
-        total = sum(self.weights.values())
-        if total <= 0:
-            raise ValueError(
-                f"data.weights sum to {total}: at least one source needs a positive weight"
-            )
+        if self.weights is not None:
+            _check_weights(self.weights, names, "data.weights")
+            return self
+        stage_names = [st.name for st in self.stages]
+        if len(set(stage_names)) != len(stage_names):
+            raise ValueError(f"data.stages: stage names must be unique, got {stage_names}")
+        if self.stages[0].start != 0:
+            raise ValueError(f"data.stages.{stage_names[0]}.start={self.stages[0].start}: the "
+                             "first stage must start at 0")
+        for st in self.stages:
+            _check_weights(st.weights, names, f"data.stages.{st.name}.weights")
         return self
 
     @property
+    def stage_list(self) -> list[StageConfig]:
+        """The stages; a single mixture is one stage named `main`."""
+        if self.stages is not None:
+            return list(self.stages)
+        return [StageConfig(name="main", start=0, weights=self.weights)]
+
+    def shares(self, weights: dict[str, float]) -> dict[str, float]:
+        """Normalized shares of the drawn sources, in source order."""
+        total = sum(weights.values())
+        return {s.name: weights[s.name] / total for s in self.sources if weights.get(s.name, 0) > 0}
+
+    @property
     def mixture(self) -> dict[str, float]:
-        """Normalized shares of the sources that are drawn from, in source order."""
-        total = sum(self.weights.values())
-        return {
-            s.name: self.weights[s.name] / total
-            for s in self.sources
-            if self.weights.get(s.name, 0.0) > 0
-        }
+        """Shares of the first stage (the only one, for a single mixture)."""
+        return self.shares(self.stage_list[0].weights)
 
     def source(self, name: str) -> SourceConfig:
         return next(s for s in self.sources if s.name == name)
@@ -211,6 +256,9 @@ class Recipe(_Strict):
                 f"schedule.decay_fraction={s.decay_fraction} makes the decay longer than "
                 "the run; use a fraction in [0, 1]"
             )
+        from smolray.recipe.timeline import timeline
+
+        timeline(self)  # stage boundaries and shapes; raises with field and fix
         if s.warmup_steps + self.decay_steps > steps:
             raise ValueError(
                 f"schedule.warmup_steps={s.warmup_steps} plus the decay "
@@ -231,6 +279,13 @@ class Recipe(_Strict):
     @property
     def decay_steps(self) -> int:
         return round(self.schedule.decay_fraction * self.total_steps)
+
+    @property
+    def stages(self):
+        """The resolved stages (see smolray.recipe.timeline)."""
+        from smolray.recipe.timeline import timeline
+
+        return timeline(self)
 
     @property
     def grad_accum(self) -> int:

@@ -24,15 +24,15 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class TrainerState:
-    step: int  # optimizer steps completed
-    sequences: int  # global sequence index of the next sample = step * global batch
+    step: int  # optimizer steps completed: the data position (the plan does the rest)
+    sequences: int  # sequences trained on so far, all sources
     world_size: int
     source_names: list[str]
     source_tokens: list[int]  # tokens consumed per source (inputs, seq_len per sequence)
     source_sequences: list[int]
     recipe_name: str
-    # The plan's identity: a resume must see the same sources and weights.
-    plan_fingerprint: str
+    # Identity of every stage begun so far: a resume must not change them.
+    stage_fingerprints: list[str]
     extra: dict = field(default_factory=dict)
 
     def save(self, directory: str) -> None:

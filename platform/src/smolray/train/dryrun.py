@@ -27,32 +27,33 @@ def describe(recipe: Recipe, plan: DataPlan | None, plan_error: str | None = Non
         "# learning rate (WSD)",
     ]
     out += [f"{name:>15}: step {step:>10,}  lr {lr:.3e}" for name, step, lr in from_recipe(recipe).key_points()]
-    out += ["", "# data plan (tokens are trained input tokens, seq_len per sequence)"]
-    sequences = steps * recipe.train.global_batch_size
-    shares = recipe.data.mixture
-    draws = (plan.draws(sequences) if plan else
-             mixture.draws_before(mixture.quantize(list(shares.values())), sequences))
-    head = f"{'source':<16}{'target':>8}{'tokens to draw':>20}{'available':>18}{'epochs':>9}"
-    out.append(head)
-    for i, (name, share) in enumerate(shares.items()):
-        tokens = int(draws[i]) * recipe.data.seq_len
-        if plan:
-            sp = plan.sources[i]
-            epochs = draws[i] / sp.chunks(plan.seq_len)
-            avail, ep = f"{sp.tokens:,}", f"{epochs:.2f}"
+    out += ["", "# data plan (training tokens: seq_len per sequence)"]
+    names = [src.name for src in recipe.data.sources]
+    totals = np.zeros(len(names), dtype=np.int64)
+    for st in recipe.stages:
+        out.append(f"stage {st.name}: steps {st.start_step:,} to {st.stop_step:,} ({st.steps:,} steps), "
+                   f"seq_len {st.seq_len}, {st.batch} sequences per step, rope theta {st.rope_theta:g}")
+        draws = mixture.draws_before(mixture.quantize(list(st.shares.values())), st.sequences)
+        out.append(f"  {'source':<16}{'target':>8}{'tokens to draw':>22}")
+        for (name, share), n in zip(st.shares.items(), draws):
+            out.append(f"  {name:<16}{share:>8.1%}{int(n) * st.seq_len:>22,}")
+            totals[names.index(name)] += int(n) * st.seq_len
+    out += ["", f"{'source':<16}{'tokens to draw':>22}{'available':>20}{'epochs':>9}{'cap':>6}"]
+    epochs = plan.epochs_through(recipe.total_steps) if plan else None
+    for i, name in enumerate(names):
+        if totals[i] == 0:
+            continue
+        cap = recipe.data.source(name).max_epochs
+        if plan and name in plan.names:
+            j = plan.names.index(name)
+            avail, ep = f"{plan.sources[j].tokens:,}", f"{epochs[j]:.2f}"
         else:
             avail, ep = "not tokenized", "-"
-        out.append(f"{name:<16}{share:>8.1%}{tokens:>20,}{avail:>18}{ep:>9}")
+        out.append(f"{name:<16}{int(totals[i]):>22,}{avail:>20}{ep:>9}{cap:>6g}")
     if plan:
-        ep = plan.epochs(sequences)
-        for name, e in zip(plan.names, ep):
+        for name, e in zip(plan.names, epochs):
             if e > 1:
-                out.append(f"note: {name} repeats ({e:.2f} epochs)")
+                out.append(f"warning: {name} repeats: {e:.2f} epochs")
     if plan_error:
-        out += ["", "data not ready (training would stop here):", plan_error]
+        out += ["", "the plan cannot run yet (training would stop here):", plan_error]
     return "\n".join(out)
-
-
-def realized(seq: np.ndarray, names: list[str]) -> dict[str, float]:
-    total = max(1, int(seq.sum()))
-    return {n: int(s) / total for n, s in zip(names, seq)}

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from smolray.model import build_model
+from smolray.model import build_model, set_rope_theta
 from smolray.recipe import Recipe
 from smolray.tokenizer import load_tokenizer
 from smolray.train.checkpoint import TAG, verify
@@ -35,6 +35,8 @@ def consolidated_state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, t
 def export_hf(checkpoint_dir: str, recipe: Recipe, out_dir: str) -> str:
     tok = load_tokenizer(recipe.tokenizer)
     model = build_model(recipe.model, recipe.seed, tok.bos_token_id, tok.eos_token_id)
+    # The model leaves training with the last stage's RoPE base (context extension).
+    set_rope_theta(model, recipe.stages[-1].rope_theta)
     state = consolidated_state_dict(checkpoint_dir, recipe.train.zero_stage)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # With tied embeddings the output head is the input embedding, saved once.

@@ -16,9 +16,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from smolray.data.plan import DataPlan
-from smolray.data.stream import RankSlice, build_dataset
-from smolray.model import build_model
+from smolray.data.stream import RankSlice, build_dataset, rank_slice
+from smolray.model import build_model, set_rope_theta
 from smolray.recipe import Recipe
+from smolray.recipe.timeline import Stage
 from smolray.train.checkpoint import TAG, CheckpointError, TrainerState, mark_rank_done, verify
 from smolray.train.engine import build_engine
 
@@ -43,91 +44,128 @@ def train_loop(cfg: LoopConfig) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     r, plan = cfg.recipe, cfg.plan
     device = ray.train.torch.get_device()
-    names = plan.names
     ckpt = ray.train.get_checkpoint()
     state = _resume_state(ckpt, cfg, world) if ckpt else None
     start = state.step if state else 0
-    base_seq = np.array(state.source_sequences if state else [0] * len(names), dtype=np.int64)
-    total, B, L = r.total_steps, r.train.global_batch_size, r.data.seq_len
-    stop = min(total, cfg.stop_at_step or total)
+    stop = min(r.total_steps, cfg.stop_at_step or r.total_steps)
     if start >= stop:
         return
 
-    ds = build_dataset(plan, RankSlice(rank, world, B, start, total),
-                       position_ids=r.data.reset_position_ids)
-    batches = iter(ds.iter_torch_batches(batch_size=r.train.micro_batch_size,
-                                         prefetch_batches=r.train.prefetch_batches))
+    parts = _stage_parts(plan, rank, world, start, stop)
+    batches = _open(plan, parts[0], r)
     # Pull the first batch before building the engine: the pipeline then
     # fills its prefetch buffer while DeepSpeed initializes.
     first = next(batches)
     engine = build_engine(build_model(r.model, r.seed, cfg.bos_id, cfg.eos_id), r, world)
     if ckpt:
         _load_engine(engine, ckpt)
-    batches = itertools.chain([first], batches)
+
+    names = plan.names
+    base_seq = np.array(state.source_sequences if state else [0] * len(names), dtype=np.int64)
+    local_seq = np.zeros(len(names), dtype=np.int64)  # sequences per source since `start`
     log = _metrics_log(cfg.log_dir) if rank == 0 else None
     samples = _sample_log(cfg.sample_log, rank)
-    local_seq = np.zeros(len(names), dtype=np.int64)  # sequences per source since `start`
-    window = {"loss": 0.0, "micro": 0, "wait": 0.0, "t0": time.perf_counter(), "steps": 0}
-
-    for step in range(start, stop):
-        for _ in range(r.grad_accum):
-            t_wait = time.perf_counter()
-            batch = next(batches)
-            window["wait"] += time.perf_counter() - t_wait
-            x = batch["input_ids"].to(device)
-            kwargs = {"position_ids": batch["position_ids"].to(device)} if "position_ids" in batch else {}
-            logits = engine(input_ids=x, **kwargs).logits
-            loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].to(device).flatten())
-            engine.backward(loss)
-            engine.step()
-            window["loss"] += loss.item()
-            window["micro"] += 1
-            src = batch["source"].numpy()
-            local_seq += np.bincount(src, minlength=len(names))
-            if samples:
-                for row in zip(batch["index"].tolist(), src.tolist(), batch["epoch"].tolist(),
-                               batch["doc"].tolist(), batch["offset"].tolist()):
-                    samples.write(f"{step}\t{row[0]}\t{names[row[1]]}\t" + "\t".join(map(str, row[2:])) + "\n")
-        window["steps"] += 1
-        done = step + 1
-        save = done % r.checkpoint.every_steps == 0 or done == stop
-        if not (save or done % r.run.log_every_steps == 0):
-            continue
-
-        seq = base_seq + _all_sum(local_seq, device)
-        planned = plan.draws(done * B)
-        if not np.array_equal(seq, planned):
-            raise RuntimeError(f"data accounting drifted at step {done}: trained {seq.tolist()} "
-                               f"sequences per source, plan says {planned.tolist()}")
-        metrics = _metrics(engine, window, seq, plan, r, device, world)
-        if log:
-            log.write(done, metrics)
-        if samples:
-            samples.flush()
-        if save:
-            new = TrainerState(step=done, sequences=done * B, world_size=world, source_names=names,
-                               source_tokens=(seq * L).tolist(), source_sequences=seq.tolist(),
-                               recipe_name=r.name, plan_fingerprint=plan.fingerprint(B))
-            _save(engine, new, rank, metrics)
+    window = _Window()
+    for n, part in enumerate(parts):
+        st = plan.stages[part.stage].stage
+        if n:
+            batches = _open(plan, part, r)
         else:
-            ray.train.report({**metrics, "step": done})
-        # Throughput windows exclude logging and checkpoint time.
-        window = {"loss": 0.0, "micro": 0, "wait": 0.0, "t0": time.perf_counter(), "steps": 0}
+            batches = itertools.chain([first], batches)
+        _enter_stage(engine, st, world)
+        accum = st.grad_accum(world)
+        for step in range(part.start_step, part.stop_step):
+            for micro in range(accum):
+                t_wait = time.perf_counter()
+                batch = next(batches)
+                window.wait += time.perf_counter() - t_wait
+                x = batch["input_ids"].to(device)
+                kw = {"position_ids": batch["position_ids"].to(device)} if "position_ids" in batch else {}
+                logits = engine(input_ids=x, **kw).logits
+                loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].to(device).flatten())
+                # Explicit boundaries: the accumulation count changes between stages.
+                engine.set_gradient_accumulation_boundary(micro == accum - 1)
+                engine.backward(loss)
+                engine.step()
+                window.loss += loss.item()
+                window.micro += 1
+                src = batch["source"].numpy()
+                local_seq += np.bincount(src, minlength=len(names))
+                if samples:
+                    _log_samples(samples, step, batch, names)
+            window.steps += 1
+            done = step + 1
+            save = done % r.checkpoint.every_steps == 0 or done == stop
+            if not (save or done % r.run.log_every_steps == 0):
+                continue
+            seq = base_seq + _all_sum(local_seq, device)
+            planned = plan.draws_through(done)
+            if not np.array_equal(seq, planned):
+                raise RuntimeError(f"data accounting drifted at step {done}: trained {seq.tolist()} "
+                                   f"sequences per source, the plan says {planned.tolist()}")
+            metrics = _metrics(engine, window, plan, st, done, r, device, world)
+            if log:
+                log.write(done, metrics)
+            if samples:
+                samples.flush()
+            if save:
+                new = TrainerState(step=done, sequences=int(seq.sum()), world_size=world,
+                                   source_names=names, source_sequences=seq.tolist(),
+                                   source_tokens=plan.tokens_through(done).tolist(),
+                                   recipe_name=r.name, stage_fingerprints=plan.fingerprints(done))
+                _save(engine, new, rank, metrics)
+            else:
+                ray.train.report({**metrics, "step": done})
+            window = _Window()  # throughput windows exclude logging and checkpoint time
     if log:
         log.close()
     if samples:
         samples.close()
 
 
+@dataclass
+class _Window:
+    loss: float = 0.0
+    micro: int = 0
+    wait: float = 0.0
+    steps: int = 0
+
+    def __post_init__(self):
+        self.t0 = time.perf_counter()
+
+
+def _stage_parts(plan: DataPlan, rank: int, world: int, start: int, stop: int) -> list[RankSlice]:
+    parts, step = [], start
+    while step < stop:
+        parts.append(rank_slice(plan, rank, world, step, stop))
+        step = parts[-1].stop_step
+    return parts
+
+
+def _open(plan: DataPlan, part: RankSlice, r: Recipe):
+    ds = build_dataset(plan, part, position_ids=r.data.reset_position_ids)
+    st = plan.stages[part.stage].stage
+    return iter(ds.iter_torch_batches(batch_size=st.micro_batch, prefetch_batches=r.train.prefetch_batches))
+
+
+def _enter_stage(engine, st: Stage, world: int) -> None:
+    engine.set_train_micro_batch_size(st.micro_batch)
+    engine.set_train_batch_size(st.batch)
+    set_rope_theta(engine.module, st.rope_theta)
+
+
 def _resume_state(ckpt, cfg: LoopConfig, world: int) -> TrainerState:
     with ckpt.as_directory() as d:
         state = verify(d)
-        want = cfg.plan.fingerprint(cfg.recipe.train.global_batch_size)
-        if state.plan_fingerprint != want:
+        want = cfg.plan.fingerprints(state.step)
+        if state.stage_fingerprints != want:
+            changed = [a.split(":")[0] for a, b in zip(state.stage_fingerprints, want) if a != b]
             raise CheckpointError(
-                f"{d}: the checkpoint was trained on a different data plan (sources, weights, "
-                "seq_len, seed, global batch or the shards changed). Resuming would silently change "
-                "what the model has seen. Start a new run (new recipe name) from this checkpoint instead.")
+                f"{d}: the recipe changed stages the checkpoint has already trained "
+                f"({', '.join(changed) or 'the stage list'}): their sources, weights, seq_len, "
+                "start, batch, seed or shards differ. Resuming would silently change what the "
+                "model has seen. Edit only stages that start after step "
+                f"{state.step}, or start a new run (a new recipe name) from this checkpoint.")
         if state.world_size != world and cfg.recipe.train.zero_stage > 0:
             raise CheckpointError(
                 f"{d}: written by {state.world_size} workers; ZeRO stage {cfg.recipe.train.zero_stage} "
@@ -162,30 +200,39 @@ def _all_sum(counts: np.ndarray, device) -> np.ndarray:
     return t.cpu().numpy()
 
 
-def _metrics(engine, window: dict, seq: np.ndarray, plan: DataPlan, r: Recipe, device,
+def _metrics(engine, window: _Window, plan: DataPlan, st: Stage, done: int, r: Recipe, device,
              world: int) -> dict:
-    loss = torch.tensor([window["loss"], window["micro"], window["wait"]], device=device,
-                        dtype=torch.float64)
-    dist.all_reduce(loss)
-    elapsed = time.perf_counter() - window["t0"]
-    tokens = window["steps"] * r.tokens_per_step
+    agg = torch.tensor([window.loss, window.micro, window.wait], device=device, dtype=torch.float64)
+    dist.all_reduce(agg)
+    elapsed = time.perf_counter() - window.t0
     norm = engine.get_global_grad_norm()
-    share = seq / max(1, seq.sum())
+    tokens = plan.tokens_through(done)
+    # Realized shares within the current stage, against its target.
+    in_stage = plan.draws_through(done) - plan.draws_through(st.start_step)
+    epochs = plan.epochs_through(done)
     m = {
-        "loss": float(loss[0] / loss[1]),
+        "loss": float(agg[0] / agg[1]),
         "lr": float(engine.get_lr()[0]),
         "grad_norm": float(norm) if norm is not None else float("nan"),
-        "tokens_per_s": tokens / elapsed,
+        "tokens_per_s": window.steps * r.tokens_per_step / elapsed,
         # Mean over ranks of the time spent waiting for the next batch.
-        "data_wait_frac": float(loss[2] / world) / elapsed,
-        "tokens": int(seq.sum() * r.data.seq_len),
+        "data_wait_frac": float(agg[2] / world) / elapsed,
+        "tokens": int(tokens.sum()),
+        "stage": st.index,
     }
-    epochs = seq / np.array([s.chunks(plan.seq_len) for s in plan.sources])
     for i, s in enumerate(plan.sources):
-        m[f"tokens/{s.name}"] = int(seq[i] * r.data.seq_len)
-        m[f"share/{s.name}"] = float(share[i])
+        m[f"tokens/{s.name}"] = int(tokens[i])
+        m[f"share/{s.name}"] = float(tokens[i] / max(1, tokens.sum()))
+        m[f"stage_share/{s.name}"] = float(in_stage[i] / max(1, in_stage.sum()))
+        m[f"stage_target/{s.name}"] = float(st.shares.get(s.name, 0.0))
         m[f"epochs/{s.name}"] = float(epochs[i])
     return m
+
+
+def _log_samples(f, step: int, batch: dict, names: list[str]) -> None:
+    cols = [batch[k].tolist() for k in ("index", "stage", "source", "epoch", "doc", "offset")]
+    for index, stage, src, epoch, doc, offset in zip(*cols):
+        f.write(f"{step}\t{index}\t{stage}\t{names[src]}\t{epoch}\t{doc}\t{offset}\n")
 
 
 def _metrics_log(directory: str):

@@ -45,9 +45,15 @@ def build_summary(recipe: Recipe, log_dir: str, checkpoint: str, export_dir: str
                   prompt: str) -> dict:
     rows = read_metrics(os.path.join(log_dir, "metrics.jsonl"))
     last = rows[-1]
-    names = list(recipe.data.mixture)
+    names = [k.split("/", 1)[1] for k in last if k.startswith("tokens/")]
     tokens = {n: last[f"tokens/{n}"] for n in names}
     total = sum(tokens.values())
+    # The target over the run: what the plan draws, across all its stages.
+    from smolray.data.plan import build_plan
+
+    plan = build_plan(recipe)
+    planned = dict(zip(plan.names, plan.tokens_through(recipe.total_steps).tolist()))
+    planned_total = sum(planned.values())
     steady = [r["tokens_per_s"] for r in rows[1:]] or [last["tokens_per_s"]]
     return {
         "recipe": recipe.name,
@@ -58,7 +64,7 @@ def build_summary(recipe: Recipe, log_dir: str, checkpoint: str, export_dir: str
         "tokens_per_s": sum(steady) / len(steady),
         "data_wait_frac": sum(r["data_wait_frac"] for r in rows) / len(rows),
         "sources": {n: {"tokens": tokens[n], "realized": tokens[n] / total,
-                        "target": recipe.data.mixture[n], "epochs": last[f"epochs/{n}"]}
+                        "target": planned[n] / planned_total, "epochs": last[f"epochs/{n}"]}
                     for n in names},
         "checkpoint": checkpoint,
         "export": export_dir,
