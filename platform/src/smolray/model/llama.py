@@ -63,8 +63,7 @@ def set_rope_theta(model: LlamaForCausalLM, theta: float) -> None:
         return
     cfg.rope_parameters = {**cfg.rope_parameters, "rope_theta": theta}
     rotary = model.model.rotary_emb
-    fresh = type(rotary)(config=cfg, device=rotary.inv_freq.device)
+    fresh = type(rotary)(cfg)
     with torch.no_grad():
         rotary.inv_freq.copy_(fresh.inv_freq)
-        if hasattr(rotary, "original_inv_freq"):
-            rotary.original_inv_freq = fresh.original_inv_freq
+        rotary.original_inv_freq.copy_(fresh.original_inv_freq)

@@ -53,10 +53,13 @@ def timeline(recipe: Recipe) -> list[Stage]:
         field = f"data.stages.{st.name}" if d.stages is not None else "data"
         stop = starts[i + 1] if i + 1 < len(configs) else total
         if stop <= starts[i]:
+            # Blame the start that comes too early: the next stage's, or this
+            # (last) stage's own when it begins at or after the end of the run.
+            j = i + 1 if i + 1 < len(configs) else i
             raise ValueError(
-                f"{field}.start={st.start} (step {starts[i]}): the stage has no steps before "
-                f"the next one starts at step {stop} of {total}; stages need increasing starts, "
-                "each at least one step apart and before the end of the run")
+                f"data.stages.{configs[j].name}.start={configs[j].start} (step {starts[j]}) leaves "
+                f"stage {st.name} (from step {starts[i]}) no steps before step {stop} of {total}; "
+                "stages need increasing starts, at least one step apart, before the end of the run")
         seq = st.seq_len or d.seq_len
         if seq > m.max_position_embeddings:
             raise ValueError(
