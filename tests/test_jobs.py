@@ -35,6 +35,12 @@ def test_dry_run_prints_exact_parameter_counts_and_plan(name, params):
     for source in ("fineweb-edu", "dclm", "starcoderdata"):
         assert source in text
     assert "Started a local Ray instance" not in out.stderr  # nothing was started
+    if name == "smollm2-1.7b":
+        stages = [line for line in text.splitlines() if line.startswith("stage ")]
+        assert [line.split(":")[0] for line in stages] == [
+            "stage stage1", "stage stage2", "stage stage3", "stage stage4", "stage long-context"]
+        assert "seq_len 8192, 256 sequences per step, rope theta 130000" in stages[-1]
+        assert "long-docs" in text and "stack-edu" in text
 
 
 def test_bad_recipe_fails_fast_with_field_and_fix():

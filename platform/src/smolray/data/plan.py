@@ -80,33 +80,26 @@ class DataPlan:
                 return sp
         return self.stages[-1]
 
-    def draws_through(self, step: int) -> np.ndarray:
-        """Sequences each source supplied to the first `step` optimizer steps."""
-        out = np.zeros(len(self.sources), dtype=np.int64)
+    def _stage_draws(self, step: int):
+        """(stage, draws per source in it) for every stage, over the first `step` steps."""
         for sp in self.stages:
             st = sp.stage
             done = min(max(step - st.start_step, 0), st.steps)
-            out += sp.draws(done * st.batch, len(self.sources))
-        return out
+            yield st, sp.draws(done * st.batch, len(self.sources))
+
+    def draws_through(self, step: int) -> np.ndarray:
+        """Sequences each source supplied to the first `step` optimizer steps."""
+        return sum((d for _, d in self._stage_draws(step)), np.zeros(len(self.sources), np.int64))
 
     def tokens_through(self, step: int) -> np.ndarray:
         """Training (input) tokens each source supplied to the first `step` steps."""
-        out = np.zeros(len(self.sources), dtype=np.int64)
-        for sp in self.stages:
-            st = sp.stage
-            done = min(max(step - st.start_step, 0), st.steps)
-            out += sp.draws(done * st.batch, len(self.sources)) * st.seq_len
-        return out
+        return sum((d * st.seq_len for st, d in self._stage_draws(step)),
+                   np.zeros(len(self.sources), np.int64))
 
     def epochs_through(self, step: int) -> np.ndarray:
-        """Epochs of each source consumed by the first `step` steps."""
-        out = np.zeros(len(self.sources), dtype=np.float64)
-        for sp in self.stages:
-            st = sp.stage
-            done = min(max(step - st.start_step, 0), st.steps)
-            chunks = np.array([s.chunks(st.seq_len) for s in self.sources], dtype=np.float64)
-            out += sp.draws(done * st.batch, len(self.sources)) / np.maximum(chunks, 1)
-        return out
+        """Epochs of each source consumed by the first `step` steps (summed over chunk grids)."""
+        return sum((d / np.maximum([s.chunks(st.seq_len) for s in self.sources], 1)
+                    for st, d in self._stage_draws(step)), np.zeros(len(self.sources)))
 
     def fingerprints(self, step: int) -> list[str]:
         """Identity of each stage begun before `step`: what a resume must not change.
