@@ -64,7 +64,7 @@ def train_loop(cfg: LoopConfig) -> None:
     base_seq = np.array(state.source_sequences if state else [0] * len(names), dtype=np.int64)
     local_seq = np.zeros(len(names), dtype=np.int64)  # sequences per source since `start`
     log = _metrics_log(cfg.log_dir) if rank == 0 else None
-    samples = _sample_log(cfg.sample_log, rank)
+    samples = _sample_log(cfg.sample_log, rank, start)
     window = _Window()
     for n, part in enumerate(parts):
         st = plan.stages[part.stage].stage
@@ -241,8 +241,22 @@ def _metrics_log(directory: str):
     return MetricsLog(directory)
 
 
-def _sample_log(directory: str | None, rank: int):
+def _sample_log(directory: str | None, rank: int, start: int):
+    """Append-only log of trained sequences, cut back to the resumed step.
+
+    A run killed after its last checkpoint logged steps whose updates were
+    lost; rank 0 drops them from every rank's file (the worker count may have
+    changed) so the log holds exactly what the final model trained on.
+    """
     if not directory:
         return None
     os.makedirs(directory, exist_ok=True)
+    if rank == 0:
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            with open(path) as f:
+                keep = [line for line in f if int(line.split("\t", 1)[0]) < start]
+            with open(path, "w") as f:
+                f.writelines(keep)
+    dist.barrier()
     return open(os.path.join(directory, f"rank-{rank}.tsv"), "a")
