@@ -63,7 +63,7 @@ def main() -> None:
                              working_dir=str(ROOT)).returncode
             if rc != 0:
                 raise SystemExit(f"{script} failed (exit {rc}); see the job log above")
-    summary = json.loads((OUT / "run" / "summary.json").read_text())
+    summary = json.loads((OUT / "run" / "logs" / "summary.json").read_text())
     print("\n" + "=" * 72 + "\n" + format_summary(summary))
     print(f"demo finished in {time.time() - t0:.0f} s; the head it started is stopped")
 

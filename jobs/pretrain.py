@@ -44,7 +44,7 @@ def main() -> None:
     # Imported only now: torch, DeepSpeed and transformers take seconds, and
     # a bad recipe should fail before paying for them.
     from smolray.cluster import connect
-    from smolray.train.export import export_hf
+    from smolray.train.export import export_hf, publish
     from smolray.train.summary import build_summary, format_summary, write_summary
     from smolray.train.trainer import build_trainer, log_dir, output_dir
 
@@ -60,9 +60,14 @@ def main() -> None:
     # 3. Export a Hugging Face model and report.
     out = output_dir(recipe)
     with result.checkpoint.as_directory() as ckpt:
-        export = export_hf(ckpt, recipe, os.path.join(out, "export"))
-    summary = build_summary(recipe, log_dir(recipe), result.checkpoint.path, export, args.prompt)
-    write_summary(summary, os.path.join(out, "summary.json"))
+        export = export_hf(ckpt, recipe, out.rstrip("/") + "/export")
+        # The closing sample needs a local copy when the export went to a bucket.
+        local = export if "://" not in export else export_hf(ckpt, recipe, log_dir(recipe) + "/export")
+    summary = build_summary(recipe, log_dir(recipe), result.checkpoint.path, export, args.prompt,
+                            sample_from=local)
+    write_summary(summary, os.path.join(log_dir(recipe), "summary.json"))
+    if "://" in out:
+        publish(log_dir(recipe), out.rstrip("/") + "/logs")
     print(format_summary(summary))
 
 

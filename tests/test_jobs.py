@@ -119,7 +119,7 @@ def test_ray_job_submit_runs_pretrain_end_to_end(head, corpus, tmp_path):
     rc = head.submit(["python", "jobs/pretrain.py", "--config", str(TINY.relative_to(ROOT)), *args],
                      working_dir=str(ROOT), timeout=600).returncode
     assert rc == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "logs" / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["final_loss"] < summary["first_loss"]
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(out / "export"))
     assert Path(summary["loss_curve"]).is_file() and summary["completion"]

@@ -74,3 +74,17 @@ def test_missing_remote_source_is_named(s3_server, corpus, tmp_path):
 
     with pytest.raises(RawDataError, match="matches no files"):
         expand([uri(s3_server, "raw/nothing/*.jsonl")], "data.sources.x.raw")
+
+
+def test_publish_copies_a_folder_to_the_bucket(s3_server, tmp_path):
+    from smolray.data.shards import filesystem
+    from smolray.train.export import publish
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    (tmp_path / "sub" / "x.bin").write_bytes(b"\0" * 1000)
+    publish(str(tmp_path), uri(s3_server, "runs/export"))
+    fs, base = filesystem(uri(s3_server, "runs/export"))
+    with fs.open_input_stream(base + "/config.json") as f:
+        assert f.read() == b'{"a": 1}'
+    assert fs.get_file_info(base + "/sub/x.bin").size == 1000

@@ -8,6 +8,7 @@ transformers and in vLLM as is.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import torch
 
@@ -33,6 +34,27 @@ def consolidated_state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, t
 
 
 def export_hf(checkpoint_dir: str, recipe: Recipe, out_dir: str) -> str:
+    """Write the export to out_dir, a local path or a URI (s3://...)."""
+    if "://" in out_dir:
+        with tempfile.TemporaryDirectory(prefix="smolray-export-") as local:
+            _export_local(checkpoint_dir, recipe, local)
+            publish(local, out_dir)
+        return out_dir
+    return _export_local(checkpoint_dir, recipe, out_dir)
+
+
+def publish(local_dir: str, uri: str) -> None:
+    """Copy a local folder to a URI on any filesystem smolray reads."""
+    import pyarrow.fs as pafs
+
+    from smolray.data.shards import filesystem
+
+    fs, path = filesystem(uri)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def _export_local(checkpoint_dir: str, recipe: Recipe, out_dir: str) -> str:
     tok = load_tokenizer(recipe.tokenizer)
     model = build_model(recipe.model, recipe.seed, tok.bos_token_id, tok.eos_token_id)
     # The model leaves training with the last stage's RoPE base (context extension).

@@ -42,7 +42,7 @@ def greedy_completion(model_dir: str, prompt: str, max_new_tokens: int = 24) -> 
 
 
 def build_summary(recipe: Recipe, log_dir: str, checkpoint: str, export_dir: str,
-                  prompt: str) -> dict:
+                  prompt: str, sample_from: str | None = None) -> dict:
     rows = read_metrics(os.path.join(log_dir, "metrics.jsonl"))
     last = rows[-1]
     names = [k.split("/", 1)[1] for k in last if k.startswith("tokens/")]
@@ -70,7 +70,7 @@ def build_summary(recipe: Recipe, log_dir: str, checkpoint: str, export_dir: str
         "export": export_dir,
         "loss_curve": plot_loss(rows, os.path.join(log_dir, "loss.png"), recipe.name),
         "prompt": prompt,
-        "completion": greedy_completion(export_dir, prompt),
+        "completion": greedy_completion(sample_from or export_dir, prompt),
     }
 
 
