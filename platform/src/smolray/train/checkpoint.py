@@ -50,6 +50,27 @@ def mark_rank_done(directory: str, rank: int) -> None:
         f.write("ok\n")
 
 
+def to_universal(directory: str, out_parent: str) -> str:
+    """Convert the ZeRO shards to DeepSpeed's universal format; returns the load tag.
+
+    Universal checkpoints hold each parameter's fp32 value and Adam moments
+    whole, so any number of workers can load them: this is how a run resumes
+    on a different worker count. Serial (no process pool): it runs inside a
+    Ray worker.
+    """
+    import argparse
+
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    tag = TAG + "_universal"
+    ds_to_universal(argparse.Namespace(
+        input_folder=os.path.join(directory, TAG), output_folder=os.path.join(out_parent, tag),
+        num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
+        # Our engines do not record DeepSpeed's universal_checkpoint_info.
+        inject_missing_state=True))
+    return tag
+
+
 def verify(directory: str) -> TrainerState:
     """The state of a complete checkpoint, or a CheckpointError naming what is missing."""
     if not os.path.isfile(os.path.join(directory, STATE)):

@@ -18,9 +18,10 @@ def resolve_precision(recipe: Recipe) -> str:
     return "fp32"
 
 
-def ds_config(recipe: Recipe, world: int) -> dict:
+def ds_config(recipe: Recipe, world: int, load_universal: bool = False) -> dict:
     t = recipe.train
-    return {
+    extra = {"checkpoint": {"load_universal": True}} if load_universal else {}
+    return {**extra,
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * world),
@@ -40,7 +41,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             {"params": rest, "weight_decay": 0.0}]
 
 
-def build_engine(model: torch.nn.Module, recipe: Recipe, world: int):
+def build_engine(model: torch.nn.Module, recipe: Recipe, world: int, load_universal: bool = False):
     """deepspeed.initialize with a torch AdamW and the WSD schedule.
 
     A torch optimizer (not DeepSpeed's fused Adam) avoids a 100 s JIT build
@@ -53,6 +54,6 @@ def build_engine(model: torch.nn.Module, recipe: Recipe, world: int):
                             betas=o.betas, eps=o.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, from_recipe(recipe).factor)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
-                                           config=ds_config(recipe, world),
+                                           config=ds_config(recipe, world, load_universal),
                                            dist_init_required=False)
     return engine

@@ -20,7 +20,8 @@ from smolray.data.stream import RankSlice, build_dataset, rank_slice
 from smolray.model import build_model, set_rope_theta
 from smolray.recipe import Recipe
 from smolray.recipe.timeline import Stage
-from smolray.train.checkpoint import TAG, CheckpointError, TrainerState, mark_rank_done, verify
+from smolray.train.checkpoint import (TAG, CheckpointError, TrainerState, mark_rank_done, to_universal,
+                                      verify)
 from smolray.train.engine import build_engine
 
 
@@ -56,9 +57,12 @@ def train_loop(cfg: LoopConfig) -> None:
     # Pull the first batch before building the engine: the pipeline then
     # fills its prefetch buffer while DeepSpeed initializes.
     first = next(batches)
-    engine = build_engine(build_model(r.model, r.seed, cfg.bos_id, cfg.eos_id), r, world)
+    # ZeRO shards are cut per worker: another worker count loads a universal copy.
+    reshard = bool(state) and state.world_size != world and r.train.zero_stage > 0
+    engine = build_engine(build_model(r.model, r.seed, cfg.bos_id, cfg.eos_id), r, world,
+                          load_universal=reshard)
     if ckpt:
-        _load_engine(engine, ckpt)
+        _load_engine(engine, ckpt, reshard, r.train.zero_stage)
 
     names = plan.names
     base_seq = np.array(state.source_sequences if state else [0] * len(names), dtype=np.int64)
@@ -166,18 +170,39 @@ def _resume_state(ckpt, cfg: LoopConfig, world: int) -> TrainerState:
                 "start, batch, seed or shards differ. Resuming would silently change what the "
                 "model has seen. Edit only stages that start after step "
                 f"{state.step}, or start a new run (a new recipe name) from this checkpoint.")
-        if state.world_size != world and cfg.recipe.train.zero_stage > 0:
-            raise CheckpointError(
-                f"{d}: written by {state.world_size} workers; ZeRO stage {cfg.recipe.train.zero_stage} "
-                f"shards cannot be loaded by {world}. Set train.num_workers={state.world_size}.")
     return state
 
 
-def _load_engine(engine, ckpt) -> None:
+def _load_engine(engine, ckpt, reshard: bool, zero_stage: int) -> None:
     with ckpt.as_directory() as d:
-        path, _ = engine.load_checkpoint(d, tag=TAG)
-        if path is None:
-            raise CheckpointError(f"{d}: DeepSpeed found no checkpoint under tag {TAG!r}")
+        if not reshard:
+            path, _ = engine.load_checkpoint(d, tag=TAG)
+            if path is None:
+                raise CheckpointError(f"{d}: DeepSpeed found no checkpoint under tag {TAG!r}")
+            return
+        # Each rank converts into its own temporary folder: no shared disk needed.
+        with tempfile.TemporaryDirectory(prefix="smolray-universal-") as tmp:
+            tag = to_universal(d, tmp)
+            path, _ = engine.load_checkpoint(tmp, tag=tag)
+            if path is None:
+                raise CheckpointError(f"{d}: DeepSpeed could not load the universal copy")
+            if zero_stage == 3:
+                _fix_zero3_universal_groups(engine, os.path.join(tmp, tag))
+
+
+def _fix_zero3_universal_groups(engine, universal_dir: str) -> None:
+    """Work around two DeepSpeed 0.19.8 bugs in ZeRO-3 universal loading.
+
+    It copies param group 0's hyperparameters onto every group (our norm
+    group would get weight decay) and shares one Adam `step` tensor between
+    groups (bias correction drifts by a step). Restore both from the file.
+    """
+    saved = torch.load(os.path.join(universal_dir, "zero", "optimizer_state.pt"), weights_only=False)
+    for group, want in zip(engine.optimizer.optimizer.param_groups, saved["param_groups"]):
+        group.update({k: v for k, v in want.items() if k != "params"})
+    for st in engine.optimizer.optimizer.state.values():
+        if torch.is_tensor(st.get("step")):
+            st["step"] = st["step"].clone()
 
 
 def _save(engine, state: TrainerState, rank: int, metrics: dict) -> None:
