@@ -9,7 +9,8 @@ from smolray.train.checkpoint import CheckpointError, TrainerState, mark_rank_do
 
 def state(world: int) -> TrainerState:
     return TrainerState(step=8, sequences=128, world_size=world, source_names=["a", "b"],
-                        source_tokens=[1024, 1024], source_sequences=[4, 4], recipe_name="t",
+                        source_tokens=[1024, 1024], source_sequences=[4, 4], source_epochs=[0.1, 0.2],
+                        source_shares=[0.5, 0.5], recipe_name="t",
                         stage_fingerprints=["main:sha256:x"])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -123,3 +124,43 @@ def test_ray_job_submit_runs_pretrain_end_to_end(head, corpus, tmp_path):
     assert summary["steps"] == 8 and summary["final_loss"] < summary["first_loss"]
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(out / "export"))
     assert Path(summary["loss_curve"]).is_file() and summary["completion"]
+
+
+def test_dry_run_of_the_five_stage_recipe_with_manifests(tokenizer_dir, tmp_path):
+    """With manifests present, the 1.7B plan shows tokens, availability and epochs per stage."""
+    from smolray.data.shards import Manifest, Shard, filesystem, write_manifest
+    from smolray.tokenizer import fingerprint
+
+    sizes = {"fineweb-edu": 1_300, "dclm": 3_800, "starcoderdata": 250, "stack-edu": 200,
+             "openwebmath": 60, "finemath": 60, "cosmopedia-v2": 28, "long-docs": 60}  # billions
+    sets = [f"tokenizer={tokenizer_dir}"]
+    for name, billions in sizes.items():
+        fs, base = filesystem(str(tmp_path / name))
+        fs.create_dir(base, recursive=True)
+        shard = Shard(file="shard-00000", docs=billions * 1_000_000, tokens=billions * 10**9, sha256="0")
+        write_manifest(fs, base, Manifest(source=name, dtype="uint16", eos_id=0,
+                                          tokenizer=fingerprint(tokenizer_dir), shards=[shard]))
+        sets.append(f"data.sources.{name}.shards={tmp_path / name}")
+    out = run_job("jobs/pretrain.py", "--config", "recipes/smollm2-1.7b.yaml", "--dry-run",
+                  *[a for s in sets for a in ("--set", s)])
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "the plan cannot run" not in out.stdout
+    stage4 = lines.index(next(x for x in lines if x.startswith("stage stage4")))
+    fineweb = lines[stage4 + 2].split()
+    assert fineweb[:3] == ["fineweb-edu", "23.2%", "231,999,922,176"]
+    assert fineweb[3] == "1,300,000,000,000" and float(fineweb[4]) == pytest.approx(0.18, abs=0.01)
+    total = next(x for x in lines if x.startswith("dclm ")).split()
+    assert total[1] == "3,958,439,385,088" and float(total[3]) == pytest.approx(1.04, abs=0.01)
+    assert "warning: dclm repeats" in out.stdout
+
+
+def test_dry_run_shows_an_epoch_cap_refusal(tokenizer_dir, corpus):
+    sets = [f"tokenizer={corpus['tokenizer']}", "data.sources.prose.max_epochs=0.5"]
+    sets += [f"data.sources.{n}.shards={corpus['root'] / n}" for n in ("prose", "code", "math")]
+    sets += ["model.vocab_size=1024"]
+    out = run_job("jobs/pretrain.py", "--config", "recipes/tiny.yaml", "--dry-run",
+                  *[a for s in sets for a in ("--set", s)])
+    assert out.returncode == 0
+    assert re.search(r"data\.sources\.prose: the plan draws [0-9.]+ epochs, above max_epochs=0\.5", out.stdout)
+    assert "data.allow_over_epochs=true" in out.stdout

@@ -85,3 +85,25 @@ def test_stage_fingerprint_covers_weights(make_recipe, corpus):
     assert a.fingerprints(1) != b.fingerprints(1)
     assert a.fingerprints(0) == []  # nothing trained yet: anything may change
     assert json.loads(a.sources[0].manifest_json)["source"] == "prose"
+
+
+def test_long_document_source_keeps_only_long_documents(corpus, tmp_path):
+    from smolray.data.raw import iter_texts
+    from smolray.data.shards import SourceReader
+    from smolray.data.tokenize import tokenize_source
+    from smolray.recipe import SourceConfig
+    from smolray.tokenizer import load_tokenizer
+
+    from conftest import SAMPLE
+
+    raw = str(SAMPLE / "math.jsonl")
+    src = SourceConfig(name="long-math", raw=[raw], shards=str(tmp_path / "long"), min_doc_tokens=1500)
+    m = tokenize_source(src, corpus["tokenizer"], vocab_size=1024, shard_tokens=1 << 20)
+    tok = load_tokenizer(corpus["tokenizer"])
+    lengths = [len(tok(t, add_special_tokens=False).input_ids) + 1 for t in iter_texts([raw], "text")]
+    assert m.docs == sum(n >= 1500 for n in lengths) > 0
+    assert m.skipped_short == sum(n < 1500 for n in lengths) > 0
+    assert m.tokens == sum(n for n in lengths if n >= 1500)
+    r = SourceReader(str(tmp_path / "long"))
+    ends = np.flatnonzero(r.read(0, r.tokens) == m.eos_id)
+    assert np.diff(np.concatenate([[-1], ends])).min() >= 1500  # every kept document is long

@@ -30,6 +30,8 @@ class TrainerState:
     source_names: list[str]
     source_tokens: list[int]  # tokens consumed per source (inputs, seq_len per sequence)
     source_sequences: list[int]
+    source_epochs: list[float]  # epochs of each source consumed so far
+    source_shares: list[float]  # realized share of each source's tokens so far
     recipe_name: str
     # Identity of every stage begun so far: a resume must not change them.
     stage_fingerprints: list[str]

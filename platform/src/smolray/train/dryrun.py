@@ -34,9 +34,13 @@ def describe(recipe: Recipe, plan: DataPlan | None, plan_error: str | None = Non
         out.append(f"stage {st.name}: steps {st.start_step:,} to {st.stop_step:,} ({st.steps:,} steps), "
                    f"seq_len {st.seq_len}, {st.batch} sequences per step, rope theta {st.rope_theta:g}")
         draws = mixture.draws_before(mixture.quantize(list(st.shares.values())), st.sequences)
-        out.append(f"  {'source':<16}{'target':>8}{'tokens to draw':>22}")
+        out.append(f"  {'source':<16}{'target':>8}{'tokens to draw':>22}{'available':>20}{'epochs':>9}")
         for (name, share), n in zip(st.shares.items(), draws):
-            out.append(f"  {name:<16}{share:>8.1%}{int(n) * st.seq_len:>22,}")
+            avail, ep = "not tokenized", "-"
+            if plan and name in plan.names:
+                sp = plan.sources[plan.names.index(name)]
+                avail, ep = f"{sp.tokens:,}", f"{int(n) / max(1, sp.chunks(st.seq_len)):.2f}"
+            out.append(f"  {name:<16}{share:>8.1%}{int(n) * st.seq_len:>22,}{avail:>20}{ep:>9}")
             totals[names.index(name)] += int(n) * st.seq_len
     out += ["", f"{'source':<16}{'tokens to draw':>22}{'available':>20}{'epochs':>9}{'cap':>6}"]
     epochs = plan.epochs_through(recipe.total_steps) if plan else None

@@ -113,9 +113,12 @@ def train_loop(cfg: LoopConfig) -> None:
             if samples:
                 samples.flush()
             if save:
+                tokens = plan.tokens_through(done)
                 new = TrainerState(step=done, sequences=int(seq.sum()), world_size=world,
                                    source_names=names, source_sequences=seq.tolist(),
-                                   source_tokens=plan.tokens_through(done).tolist(),
+                                   source_tokens=tokens.tolist(),
+                                   source_epochs=plan.epochs_through(done).tolist(),
+                                   source_shares=(tokens / max(1, tokens.sum())).tolist(),
                                    recipe_name=r.name, stage_fingerprints=plan.fingerprints(done))
                 _save(engine, new, rank, metrics)
             else:
