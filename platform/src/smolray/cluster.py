@@ -48,6 +48,13 @@ class LocalHead:
         self.temp_dir = tempfile.mkdtemp(prefix="smolray-head-")
         self.port = _free_port()
         self.dashboard_port = _free_port()
+        # Every fixed default port too: a second head on the machine (a test
+        # cluster, a leftover) would otherwise keep this one's job agent from
+        # binding, and no job could ever be submitted.
+        self.other_ports = {flag: _free_port() for flag in (
+            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+            "metrics-export-port", "node-manager-port", "object-manager-port",
+            "ray-client-server-port")}
         # Token auth stays on; clients read the token through this env.
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", **(env or {})}
         self.proc: subprocess.Popen | None = None
@@ -64,7 +71,8 @@ class LocalHead:
         cmd = [self._ray, "start", "--head", "--block", f"--port={self.port}",
                f"--num-cpus={self.num_cpus}", f"--temp-dir={self.temp_dir}",
                "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-               f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats"]
+               f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats",
+               *[f"--{flag}={port}" for flag, port in self.other_ports.items()]]
         self.log = open(os.path.join(self.temp_dir, "head.log"), "w")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -72,16 +80,17 @@ class LocalHead:
         # job agent has registered ("No available agent to submit job").
         probe = [self._ray, "job", "submit", f"--address={self.dashboard_url}", "--no-wait",
                  "--", "true"]
-        deadline = time.time() + timeout
+        deadline, answer = time.time() + timeout, ""
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ray head exited early: {self._log_tail()}")
-            if subprocess.run(probe, env=self.env, capture_output=True).returncode == 0:
+            out = subprocess.run(probe, env=self.env, capture_output=True, text=True)
+            if out.returncode == 0:
                 return self
+            answer = (out.stdout + out.stderr)[-1000:]
             time.sleep(2)
-        tail = self._log_tail()
         self.stop()
-        raise TimeoutError(f"ray head took no job within {timeout}s: {tail}")
+        raise TimeoutError(f"ray head took no job within {timeout}s; last answer: {answer}")
 
     def _log_tail(self) -> str:
         self.log.flush()
