@@ -63,7 +63,7 @@ def main() -> None:
         export = export_hf(ckpt, recipe, out.rstrip("/") + "/export")
         # The closing sample needs a local copy when the export went to a bucket.
         local = export if "://" not in export else export_hf(ckpt, recipe, log_dir(recipe) + "/export")
-    summary = build_summary(recipe, log_dir(recipe), result.checkpoint.path, export, args.prompt,
+    summary = build_summary(recipe, plan, log_dir(recipe), result.checkpoint.path, export, args.prompt,
                             sample_from=local)
     write_summary(summary, os.path.join(log_dir(recipe), "summary.json"))
     if "://" in out:

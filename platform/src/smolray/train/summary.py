@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from smolray.data.plan import DataPlan
 from smolray.recipe import Recipe
 from smolray.train.metrics import read_metrics
 
@@ -41,7 +42,7 @@ def greedy_completion(model_dir: str, prompt: str, max_new_tokens: int = 24) -> 
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def build_summary(recipe: Recipe, log_dir: str, checkpoint: str, export_dir: str,
+def build_summary(recipe: Recipe, plan: DataPlan, log_dir: str, checkpoint: str, export_dir: str,
                   prompt: str, sample_from: str | None = None) -> dict:
     rows = read_metrics(os.path.join(log_dir, "metrics.jsonl"))
     last = rows[-1]
@@ -49,9 +50,6 @@ def build_summary(recipe: Recipe, log_dir: str, checkpoint: str, export_dir: str
     tokens = {n: last[f"tokens/{n}"] for n in names}
     total = sum(tokens.values())
     # The target over the run: what the plan draws, across all its stages.
-    from smolray.data.plan import build_plan
-
-    plan = build_plan(recipe)
     planned = dict(zip(plan.names, plan.tokens_through(recipe.total_steps).tolist()))
     planned_total = sum(planned.values())
     steady = [r["tokens_per_s"] for r in rows[1:]] or [last["tokens_per_s"]]
