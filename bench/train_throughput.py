@@ -102,7 +102,7 @@ def main() -> None:
     cpus = os.cpu_count()
     results = {"bare": {"tokens_per_s": bare_loop(recipe, build_plan(recipe), args.steps)}}
     variants = {
-        f"ray-1x{cpus}": [f"train.num_workers=1", f"train.cpus_per_worker={cpus}", "train.zero_stage=0"],
+        f"ray-1x{cpus}": ["train.num_workers=1", f"train.cpus_per_worker={cpus}", "train.zero_stage=0"],
         f"ray-{cpus}x1": [f"train.num_workers={cpus}", "train.cpus_per_worker=1", "train.zero_stage=2"],
     }
     for name, extra in variants.items():

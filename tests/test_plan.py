@@ -107,3 +107,19 @@ def test_long_document_source_keeps_only_long_documents(corpus, tmp_path):
     r = SourceReader(str(tmp_path / "long"))
     ends = np.flatnonzero(r.read(0, r.tokens) == m.eos_id)
     assert np.diff(np.concatenate([[-1], ends])).min() >= 1500  # every kept document is long
+
+
+def test_unchanged_source_is_not_tokenized_again(corpus, tmp_path):
+    from smolray.data.tokenize import tokenize_source
+    from smolray.recipe import SourceConfig
+
+    from conftest import SAMPLE
+
+    src = SourceConfig(name="math", raw=[str(SAMPLE / "math.jsonl")], shards=str(tmp_path / "math"))
+    first = tokenize_source(src, corpus["tokenizer"], vocab_size=1024, shard_tokens=1 << 18)
+    files = sorted((tmp_path / "math").glob("shard-*"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert tokenize_source(src, corpus["tokenizer"], 1024, 1 << 18) == first
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # skipped: nothing rewritten
+    tokenize_source(src, corpus["tokenizer"], 1024, 1 << 18, force=True)
+    assert [f.stat().st_mtime_ns for f in files] != stamps
