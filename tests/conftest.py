@@ -7,6 +7,8 @@ happen once per session; tests build recipes that point at them.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny.yaml"
 SAMPLE = ROOT / "data" / "sample"
+PY = sys.executable
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -80,3 +83,17 @@ def recipe_factory(corpus: dict, default_out: Path):
 @pytest.fixture
 def make_recipe(corpus, tmp_path):
     return recipe_factory(corpus, tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def head():
+    """A private Ray head with a job server, for `ray job submit` tests."""
+    from smolray.cluster import LocalHead
+
+    env = {"PATH": os.path.dirname(PY) + os.pathsep + os.environ["PATH"]}
+    head = LocalHead(num_cpus=6, env=env).start()
+    yield head
+    head.stop()
+    # The head and everything it spawned are gone.
+    leftovers = subprocess.run(["pgrep", "-f", head.temp_dir], capture_output=True, text=True).stdout
+    assert leftovers.strip() == ""

@@ -77,19 +77,6 @@ def test_nothing_importable_as_platform():
     assert not list((ROOT / "platform").glob("*.py"))
 
 
-@pytest.fixture(scope="module")
-def head():
-    from smolray.cluster import LocalHead
-
-    env = {"PATH": os.path.dirname(PY) + os.pathsep + os.environ["PATH"]}
-    head = LocalHead(num_cpus=6, env=env).start()
-    yield head
-    head.stop()
-    # The head and everything it spawned are gone.
-    leftovers = subprocess.run(["pgrep", "-f", head.temp_dir], capture_output=True, text=True).stdout
-    assert leftovers.strip() == ""
-
-
 PROBE = """
 import platform, ray
 ray.init()

@@ -10,9 +10,12 @@ from collections.abc import Callable
 from smolray.data.plan import DataPlanError
 from smolray.data.raw import RawDataError
 from smolray.data.shards import ShardError
+from smolray.posttrain.chat import TemplateError
+from smolray.posttrain.prepare import PreparedDataError
 from smolray.recipe import Recipe, RecipeError, load_recipe
 
-USER_ERRORS = (RecipeError, DataPlanError, ShardError, RawDataError, FileNotFoundError)
+USER_ERRORS = (RecipeError, DataPlanError, ShardError, RawDataError, FileNotFoundError,
+               PreparedDataError, TemplateError)
 
 
 def recipe_parser(description: str) -> argparse.ArgumentParser:

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from smolray.recipe.schema import Recipe
+
+R = TypeVar("R", bound=BaseModel)
 
 
 class RecipeError(ValueError):
     """A recipe that cannot run, with a message meant for the user."""
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] | None = None, cls: type[R] = Recipe) -> R:
+    """A validated recipe of type `cls` (Recipe for pretraining, SFTRecipe, DPORecipe)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"--config {path}: no such file; pass a recipe such as recipes/tiny.yaml")
@@ -31,14 +34,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"--config {path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"--config {path}: the top level must be a mapping of sections")
-    return recipe_from_dict(apply_overrides(raw, overrides or []), source=str(path))
+    return recipe_from_dict(apply_overrides(raw, overrides or []), source=str(path), cls=cls)
 
 
-def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+def recipe_from_dict(raw: dict[str, Any], source: str = "recipe", cls: type[R] = Recipe) -> R:
     try:
-        return Recipe.model_validate(raw)
+        return cls.model_validate(raw)
     except ValidationError as e:
-        lines = [_describe(err, raw) for err in e.errors()]
+        lines = [_describe(err, raw, cls) for err in e.errors()]
         raise RecipeError(f"{source} is not a valid recipe:\n" + "\n".join(lines)) from None
 
 
@@ -90,7 +93,7 @@ def _list_index(node: list, part: str, where: str, item: str) -> int:
     )
 
 
-def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
+def _describe(err: dict[str, Any], raw: dict[str, Any], cls: type[BaseModel]) -> str:
     loc = ".".join(str(p) for p in err["loc"])
     kind, msg = err["type"], err["msg"]
     if kind == "value_error":
@@ -98,7 +101,7 @@ def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
         return "  - " + msg.removeprefix("Value error, ")
     if kind == "extra_forbidden":
         parent = ".".join(str(p) for p in err["loc"][:-1]) or "the top level"
-        known = _known_fields(err["loc"][:-1])
+        known = _known_fields(err["loc"][:-1], cls)
         return (
             f"  - {loc}: unknown key (typo?); {parent} accepts "
             f"{', '.join(known) if known else 'no extra keys'}"
@@ -106,6 +109,9 @@ def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
     if kind == "missing":
         return f"  - {loc}: required but missing; add it to the recipe"
     value = _lookup(raw, err["loc"])
+    if loc == "objective":
+        return (f"  - objective={value!r}: this job takes {msg.split()[-1]} recipes; run a "
+                f"{value!r} recipe with its own job (jobs/{value}.py)")
     return f"  - {loc}={value!r}: {msg}"
 
 
@@ -119,8 +125,8 @@ def _lookup(raw: Any, loc: tuple) -> Any:
     return node
 
 
-def _known_fields(loc: tuple) -> list[str]:
-    model: Any = Recipe
+def _known_fields(loc: tuple, cls: type[BaseModel]) -> list[str]:
+    model: Any = cls
     for part in loc:
         if isinstance(part, int):
             continue

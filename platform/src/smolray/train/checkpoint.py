@@ -3,6 +3,7 @@
 Layout of one Ray Train checkpoint directory (all ranks' files merged):
   ds/...                  DeepSpeed: model, optimizer and LR scheduler state
   trainer_state.json      step, data position, per-source token counts (rank 0)
+  recipe.json             the recipe that wrote it (rank 0)
   rank-<r>.done           written by rank r after its shard is on disk
 Ray registers a checkpoint only after every rank has reported it, and the
 rank markers let a loader prove all shards arrived before trusting one.
@@ -12,10 +13,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
+
+import ray.train
+import torch
 
 TAG = "ds"
 STATE = "trainer_state.json"
+RECIPE = "recipe.json"
 
 
 class CheckpointError(RuntimeError):
@@ -85,3 +92,57 @@ def verify(directory: str) -> TrainerState:
             f"{directory}: shards of ranks {missing} are missing; the checkpoint is incomplete "
             "(an interrupted save). Delete it to resume from the one before")
     return state
+
+
+def load_engine(engine, ckpt, reshard: bool, zero_stage: int) -> None:
+    with ckpt.as_directory() as d:
+        if not reshard:
+            path, _ = engine.load_checkpoint(d, tag=TAG)
+            if path is None:
+                raise CheckpointError(f"{d}: DeepSpeed found no checkpoint under tag {TAG!r}")
+            return
+        # Each rank converts into its own temporary folder: no shared disk needed.
+        with tempfile.TemporaryDirectory(prefix="smolray-universal-") as tmp:
+            tag = to_universal(d, tmp)
+            path, _ = engine.load_checkpoint(tmp, tag=tag)
+            if path is None:
+                raise CheckpointError(f"{d}: DeepSpeed could not load the universal copy")
+            if zero_stage == 3:
+                _fix_zero3_universal_groups(engine, os.path.join(tmp, tag))
+
+
+def _fix_zero3_universal_groups(engine, universal_dir: str) -> None:
+    """Work around two DeepSpeed 0.19.8 bugs in ZeRO-3 universal loading.
+
+    It copies param group 0's hyperparameters onto every group (our norm
+    group would get weight decay) and shares one Adam `step` tensor between
+    groups (bias correction drifts by a step). Restore both from the file.
+    """
+    saved = torch.load(os.path.join(universal_dir, "zero", "optimizer_state.pt"), weights_only=False)
+    for group, want in zip(engine.optimizer.optimizer.param_groups, saved["param_groups"]):
+        group.update({k: v for k, v in want.items() if k != "params"})
+    for st in engine.optimizer.optimizer.state.values():
+        if torch.is_tensor(st.get("step")):
+            st["step"] = st["step"].clone()
+
+
+def save_checkpoint(engine, state: TrainerState, rank: int, metrics: dict, recipe=None) -> None:
+    """Every rank saves its shard and reports; Ray merges them into one checkpoint.
+
+    Rank 0 also writes the recipe (any pydantic recipe), so the checkpoint
+    describes its own model: post-training can start from it directly.
+    """
+    tmp = tempfile.mkdtemp(prefix="smolray-ckpt-")
+    try:
+        engine.save_checkpoint(tmp, tag=TAG)
+        if rank == 0:
+            state.save(tmp)
+            if recipe is not None:
+                with open(os.path.join(tmp, RECIPE), "w") as f:
+                    f.write(recipe.model_dump_json(indent=2))
+        mark_rank_done(tmp, rank)
+        ray.train.report({**metrics, "step": state.step},
+                         checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"step-{state.step:08d}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,33 +1,37 @@
-"""The DeepSpeed engine a worker trains with, built from the recipe."""
+"""The DeepSpeed engine every smolray objective trains with.
+
+Pretraining, SFT and DPO build the same engine from the same recipe sections
+(`optim`, `train`) and a WSD schedule; only the loss differs.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from smolray.recipe import Recipe
-from smolray.train.schedule import from_recipe
+from smolray.recipe import OptimConfig
+from smolray.train.schedule import WSD
 
 
-def resolve_precision(recipe: Recipe) -> str:
-    p = recipe.train.precision
+def resolve_precision(train) -> str:
+    """`train` is a TrainConfig or PostTrainConfig (precision, use_gpu)."""
+    p = train.precision
     if p != "auto":
         return p
-    if recipe.train.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if train.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16"
     # bf16 matmuls on CPU are emulated on most cores and slower than fp32.
     return "fp32"
 
 
-def ds_config(recipe: Recipe, world: int, load_universal: bool = False) -> dict:
-    t = recipe.train
+def ds_config(train, optim: OptimConfig, world: int, load_universal: bool = False) -> dict:
     extra = {"checkpoint": {"load_universal": True}} if load_universal else {}
     return {**extra,
-        "train_batch_size": t.global_batch_size,
-        "train_micro_batch_size_per_gpu": t.micro_batch_size,
-        "gradient_accumulation_steps": t.global_batch_size // (t.micro_batch_size * world),
-        "gradient_clipping": recipe.optim.grad_clip,
-        "zero_optimization": {"stage": t.zero_stage},
-        "bf16": {"enabled": resolve_precision(recipe) == "bf16"},
+        "train_batch_size": train.global_batch_size,
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.global_batch_size // (train.micro_batch_size * world),
+        "gradient_clipping": optim.grad_clip,
+        "zero_optimization": {"stage": train.zero_stage},
+        "bf16": {"enabled": resolve_precision(train) == "bf16"},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
@@ -41,7 +45,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             {"params": rest, "weight_decay": 0.0}]
 
 
-def build_engine(model: torch.nn.Module, recipe: Recipe, world: int, load_universal: bool = False):
+def build_engine(model: torch.nn.Module, optim: OptimConfig, train, schedule: WSD, world: int,
+                 load_universal: bool = False):
     """deepspeed.initialize with a torch AdamW and the WSD schedule.
 
     A torch optimizer (not DeepSpeed's fused Adam) avoids a 100 s JIT build
@@ -49,11 +54,10 @@ def build_engine(model: torch.nn.Module, recipe: Recipe, world: int, load_univer
     """
     import deepspeed
 
-    o = recipe.optim
-    opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr,
-                            betas=o.betas, eps=o.eps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, from_recipe(recipe).factor)
+    opt = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr,
+                            betas=optim.betas, eps=optim.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule.factor)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
-                                           config=ds_config(recipe, world, load_universal),
+                                           config=ds_config(train, optim, world, load_universal),
                                            dist_init_required=False)
     return engine

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -20,9 +18,9 @@ from smolray.data.stream import RankSlice, build_dataset, rank_slice
 from smolray.model import build_model, set_rope_theta
 from smolray.recipe import Recipe
 from smolray.recipe.timeline import Stage
-from smolray.train.checkpoint import (TAG, CheckpointError, TrainerState, mark_rank_done, to_universal,
-                                      verify)
+from smolray.train.checkpoint import CheckpointError, TrainerState, load_engine, save_checkpoint, verify
 from smolray.train.engine import build_engine
+from smolray.train.schedule import from_recipe
 
 
 @dataclass(frozen=True)
@@ -59,10 +57,10 @@ def train_loop(cfg: LoopConfig) -> None:
     first = next(batches)
     # ZeRO shards are cut per worker: another worker count loads a universal copy.
     reshard = bool(state) and state.world_size != world and r.train.zero_stage > 0
-    engine = build_engine(build_model(r.model, r.seed, cfg.bos_id, cfg.eos_id), r, world,
-                          load_universal=reshard)
+    engine = build_engine(build_model(r.model, r.seed, cfg.bos_id, cfg.eos_id), r.optim, r.train,
+                          from_recipe(r), world, load_universal=reshard)
     if ckpt:
-        _load_engine(engine, ckpt, reshard, r.train.zero_stage)
+        load_engine(engine, ckpt, reshard, r.train.zero_stage)
 
     names = plan.names
     base_seq = np.array(state.source_sequences if state else [0] * len(names), dtype=np.int64)
@@ -85,7 +83,9 @@ def train_loop(cfg: LoopConfig) -> None:
                 window.wait += time.perf_counter() - t_wait
                 x = batch["input_ids"].to(device)
                 kw = {"position_ids": batch["position_ids"].to(device)} if "position_ids" in batch else {}
-                logits = engine(input_ids=x, **kw).logits
+                # No KV cache: with one, transformers ignores the position restarts
+                # (reset_position_ids) that keep documents from attending to each other.
+                logits = engine(input_ids=x, use_cache=False, **kw).logits
                 loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].to(device).flatten())
                 # Explicit boundaries: the accumulation count changes between stages.
                 engine.set_gradient_accumulation_boundary(micro == accum - 1)
@@ -120,7 +120,7 @@ def train_loop(cfg: LoopConfig) -> None:
                                    source_epochs=plan.epochs_through(done).tolist(),
                                    source_shares=(tokens / max(1, tokens.sum())).tolist(),
                                    recipe_name=r.name, stage_fingerprints=plan.fingerprints(done))
-                _save(engine, new, rank, metrics)
+                save_checkpoint(engine, new, rank, metrics, recipe=r)
             else:
                 ray.train.report({**metrics, "step": done})
             window = _Window()  # throughput windows exclude logging and checkpoint time
@@ -174,52 +174,6 @@ def _resume_state(ckpt, cfg: LoopConfig, world: int) -> TrainerState:
                 "model has seen. Edit only stages that start after step "
                 f"{state.step}, or start a new run (a new recipe name) from this checkpoint.")
     return state
-
-
-def _load_engine(engine, ckpt, reshard: bool, zero_stage: int) -> None:
-    with ckpt.as_directory() as d:
-        if not reshard:
-            path, _ = engine.load_checkpoint(d, tag=TAG)
-            if path is None:
-                raise CheckpointError(f"{d}: DeepSpeed found no checkpoint under tag {TAG!r}")
-            return
-        # Each rank converts into its own temporary folder: no shared disk needed.
-        with tempfile.TemporaryDirectory(prefix="smolray-universal-") as tmp:
-            tag = to_universal(d, tmp)
-            path, _ = engine.load_checkpoint(tmp, tag=tag)
-            if path is None:
-                raise CheckpointError(f"{d}: DeepSpeed could not load the universal copy")
-            if zero_stage == 3:
-                _fix_zero3_universal_groups(engine, os.path.join(tmp, tag))
-
-
-def _fix_zero3_universal_groups(engine, universal_dir: str) -> None:
-    """Work around two DeepSpeed 0.19.8 bugs in ZeRO-3 universal loading.
-
-    It copies param group 0's hyperparameters onto every group (our norm
-    group would get weight decay) and shares one Adam `step` tensor between
-    groups (bias correction drifts by a step). Restore both from the file.
-    """
-    saved = torch.load(os.path.join(universal_dir, "zero", "optimizer_state.pt"), weights_only=False)
-    for group, want in zip(engine.optimizer.optimizer.param_groups, saved["param_groups"]):
-        group.update({k: v for k, v in want.items() if k != "params"})
-    for st in engine.optimizer.optimizer.state.values():
-        if torch.is_tensor(st.get("step")):
-            st["step"] = st["step"].clone()
-
-
-def _save(engine, state: TrainerState, rank: int, metrics: dict) -> None:
-    tmp = tempfile.mkdtemp(prefix="smolray-ckpt-")
-    try:
-        engine.save_checkpoint(tmp, tag=TAG)
-        if rank == 0:
-            state.save(tmp)
-        mark_rank_done(tmp, rank)
-        ray.train.report({**metrics, "step": state.step},
-                         checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"step-{state.step:08d}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _all_sum(counts: np.ndarray, device) -> np.ndarray:

@@ -18,12 +18,12 @@ from smolray.tokenizer import load_tokenizer
 from smolray.train.loop import LoopConfig, train_loop
 
 
-def output_dir(recipe: Recipe) -> str:
+def output_dir(recipe) -> str:
     out = recipe.run.output_dir
     return out if "://" in out else os.path.abspath(out)
 
 
-def log_dir(recipe: Recipe) -> str:
+def log_dir(recipe) -> str:
     out = output_dir(recipe)
     # TensorBoard writes local files; for a bucket, keep logs on the head's disk.
     return os.path.join(out, "logs") if "://" not in out else f"/tmp/smolray/{recipe.name}/logs"
@@ -32,14 +32,23 @@ def log_dir(recipe: Recipe) -> str:
 def build_trainer(recipe: Recipe, plan: DataPlan, stop_at_step: int | None = None,
                   sample_log: str | None = None, max_failures: int = 0) -> TorchTrainer:
     tok = load_tokenizer(recipe.tokenizer)
-    t = recipe.train
     cfg = LoopConfig(recipe=recipe, plan=plan, log_dir=log_dir(recipe), bos_id=tok.bos_token_id,
                      eos_id=tok.eos_token_id, stop_at_step=stop_at_step, sample_log=sample_log)
+    return torch_trainer(train_loop, cfg, recipe, max_failures)
+
+
+def torch_trainer(loop, cfg, recipe, max_failures: int = 0) -> TorchTrainer:
+    """The TorchTrainer every objective runs on: `loop(cfg)` on each worker.
+
+    `recipe` is any smolray recipe (pretraining or post-training): its name,
+    train, checkpoint and run sections shape the run.
+    """
+    t = recipe.train
     env = {"DS_ACCELERATOR": "cuda" if t.use_gpu else "cpu",
            # Each worker gets its share of cores; more threads only contend.
            "OMP_NUM_THREADS": str(max(1, int(t.cpus_per_worker)))}
     return TorchTrainer(
-        train_loop,
+        loop,
         train_loop_config=cfg,
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
