@@ -3,15 +3,11 @@ SFT -> DPO chain through `ray job submit` with a stop and resume in each."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
-
-from conftest import ROOT, SAMPLE
 
 CHAT = [
     {"role": "system", "content": "Be brief."},
@@ -20,27 +16,6 @@ CHAT = [
     {"role": "user", "content": "Another?"},
     {"role": "assistant", "content": "Eleven."},
 ]
-
-
-@pytest.fixture(scope="session")
-def tok(tokenizer_dir):
-    from smolray.tokenizer import load_tokenizer
-
-    return load_tokenizer(tokenizer_dir)
-
-
-@pytest.fixture(scope="session")
-def init_model(tokenizer_dir, tok, tmp_path_factory) -> str:
-    """A tiny random Llama saved as a Hugging Face folder with its tokenizer."""
-    from smolray.model import build_model
-    from smolray.recipe import ModelConfig
-
-    cfg = ModelConfig(vocab_size=1024, hidden_size=128, intermediate_size=256, num_layers=2,
-                      num_heads=4, num_kv_heads=2, max_position_embeddings=512)
-    out = tmp_path_factory.mktemp("init")
-    build_model(cfg, seed=0, bos_id=tok.bos_token_id, eos_id=tok.eos_token_id).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
 
 
 def _spans(mask: np.ndarray) -> int:

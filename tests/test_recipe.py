@@ -19,6 +19,13 @@ def tiny_dict() -> dict:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_validates(path):
+    from smolray.recipe.post import DPORecipe, SFTRecipe
+
+    objective = yaml.safe_load(path.read_text()).get("objective")
+    if objective:  # post-training recipes: jobs/sft.py, jobs/dpo.py
+        recipe = load_recipe(path, cls={"sft": SFTRecipe, "dpo": DPORecipe}[objective])
+        assert recipe.total_steps(1000) >= 1 and recipe.grad_accum >= 1
+        return
     recipe = load_recipe(path)
     assert recipe.total_steps >= 1
     assert abs(sum(recipe.data.mixture.values()) - 1) < 1e-9
@@ -121,3 +128,20 @@ def test_bad_override_syntax():
 def test_missing_config_file():
     with pytest.raises(RecipeError, match="no such file"):
         load_recipe(ROOT / "recipes" / "nope.yaml")
+
+
+def test_post_training_recipes_name_the_field_and_fix():
+    from smolray.recipe.post import DPORecipe, SFTRecipe
+
+    with pytest.raises(RecipeError) as e:
+        load_recipe(ROOT / "recipes" / "tiny-sft.yaml", ["train.global_batch_size=6"], cls=SFTRecipe)
+    assert "train.global_batch_size=6" in str(e.value) and "multiple of 8" in str(e.value)
+    with pytest.raises(RecipeError) as e:  # an SFT recipe handed to the DPO job
+        load_recipe(ROOT / "recipes" / "tiny-sft.yaml", cls=DPORecipe)
+    assert "objective='sft'" in str(e.value) and "jobs/sft.py" in str(e.value)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(ROOT / "recipes" / "tiny-dpo.yaml", ["data.packing=true"], cls=DPORecipe)
+    assert "data.packing=true" in str(e.value) and "remove data.packing" in str(e.value)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(ROOT / "recipes" / "tiny-sft.yaml", ["data.dataset.hf=org/name"], cls=SFTRecipe)
+    assert "not both" in str(e.value)

@@ -6,6 +6,7 @@ pyarrow's own S3 client, exactly as a bucket would be; nothing is patched.
 
 from __future__ import annotations
 
+import argparse
 import socket
 
 import numpy as np
@@ -88,3 +89,22 @@ def test_publish_copies_a_folder_to_the_bucket(s3_server, tmp_path):
     with fs.open_input_stream(base + "/config.json") as f:
         assert f.read() == b'{"a": 1}'
     assert fs.get_file_info(base + "/sub/x.bin").size == 1000
+
+
+def test_sft_and_dpo_read_conversations_from_s3(s3_server, ray_cluster, init_model, tmp_path, capsys):
+    import boto3
+
+    from conftest import ROOT
+    from smolray.posttrain.job import run_job
+    from smolray.recipe.post import DPORecipe, SFTRecipe
+
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_server}", region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+    for kind, cls in (("sft", SFTRecipe), ("dpo", DPORecipe)):
+        client.upload_file(str(SAMPLE / "chat" / f"{kind}.jsonl"), "corpus", f"chat/{kind}.jsonl")
+        run_job(cls, argparse.Namespace(
+            config=str(ROOT / "recipes" / f"tiny-{kind}.yaml"), dry_run=True, stop_at_step=None,
+            force_prepare=False, prompt="", set=[f"init={init_model}", f"run.output_dir={tmp_path}",
+                                                f'data.dataset.files=["{uri(s3_server, f"chat/{kind}.jsonl")}"]']))
+        rows = sum(1 for _ in open(SAMPLE / "chat" / f"{kind}.jsonl"))
+        assert f"examples read: {rows}; kept {rows}" in capsys.readouterr().out

@@ -120,3 +120,23 @@ def test_stopped_run_resumes_with_exactly_the_next_samples(runs, corpus, tmp_pat
     b = read_metrics(os.path.join(log_dir(recipe), "metrics.jsonl"))
     assert [r["step"] for r in b] == [2, 4, 6, 8, 10, 12]
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-4)
+
+
+def test_post_training_starts_from_a_pretraining_checkpoint(runs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from conftest import ROOT
+    from smolray.model import count_parameters
+    from smolray.posttrain.job import resolve_init
+    from smolray.recipe import load_recipe
+    from smolray.recipe.post import SFTRecipe
+
+    recipe, result, _ = runs[3]  # ZeRO-3 shards: the hardest to consolidate
+    post = load_recipe(ROOT / "recipes" / "tiny-sft.yaml",
+                       [f"init={result.checkpoint.path}", f"run.output_dir={tmp_path}"], cls=SFTRecipe)
+    init = resolve_init(post, str(tmp_path))  # the checkpoint's recipe.json rebuilds the model
+    model = AutoModelForCausalLM.from_pretrained(init)
+    assert sum(p.numel() for p in model.parameters()) == count_parameters(recipe.model)
+    stamp = os.path.getmtime(os.path.join(init, "model.safetensors"))
+    assert resolve_init(post, str(tmp_path)) == init  # exported once, then reused
+    assert os.path.getmtime(os.path.join(init, "model.safetensors")) == stamp

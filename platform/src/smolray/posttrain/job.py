@@ -39,6 +39,11 @@ def resolve_init(recipe: PostRecipe, out: str) -> str:
     if not os.path.isdir(p):
         raise RecipeError(f"init={p}: no such directory; {fix}")
     if os.path.isfile(os.path.join(p, "config.json")):
+        with open(os.path.join(p, "config.json")) as f:
+            kind = json.load(f).get("model_type")
+        if kind != "llama":
+            raise RecipeError(f"init={p}: a {kind!r} model; smolray post-trains Llama-architecture "
+                              "checkpoints (config.json model_type 'llama')")
         return os.path.abspath(p)  # workers run in other directories
     if not os.path.isfile(os.path.join(p, "trainer_state.json")):
         raise RecipeError(f"init={p}: neither a model folder nor a checkpoint; {fix}")
@@ -182,6 +187,10 @@ def run_job(cls: type[PostRecipe], args) -> None:
 
     # 1. Recipe, starting weights, tokenizer and chat template: all checked
     #    before any cluster work.
+    import time
+
+    t0 = time.perf_counter()
+    seconds = {}  # wall time of each phase, for the summary
     recipe = load_recipe(args.config, args.set, cls)
     out = output_dir(recipe)
     init = resolve_init(recipe, out)
@@ -192,6 +201,7 @@ def run_job(cls: type[PostRecipe], args) -> None:
     template = chat_template(recipe, tok)
     template_from = "recipe" if recipe.chat_template else f"tokenizer ({tok_path})"
     connect()
+    seconds["start"] = time.perf_counter() - t0
 
     # 2. Data: render, mask, pack (SFT) or score with the reference (DPO).
     if args.dry_run:
@@ -200,6 +210,7 @@ def run_job(cls: type[PostRecipe], args) -> None:
         return
     meta = ensure_prepared(recipe, tok_path, template, init, out, args.force_prepare)
     stats = check_stats(meta)
+    seconds["prepare"] = time.perf_counter() - t0 - sum(seconds.values())
 
     # 3. Train (or resume) on the pretraining engine.
     from smolray.posttrain.loop import PostLoopConfig, post_loop, schedule
@@ -208,6 +219,7 @@ def run_job(cls: type[PostRecipe], args) -> None:
     cfg = PostLoopConfig(recipe=recipe, data_dir=prepared_dir(recipe, out), fingerprint=meta["fingerprint"],
                          init_dir=init, log_dir=log_dir(recipe), stop_at_step=args.stop_at_step)
     result = torch_trainer(post_loop, cfg, recipe).fit()
+    seconds["train"] = time.perf_counter() - t0 - sum(seconds.values())
     total, step = schedule(recipe, stats.rows).total, result.metrics["step"]
     if step < total:
         print(f"stopped at step {step} of {total}; checkpoint {result.checkpoint.path}. "
@@ -229,6 +241,7 @@ def run_job(cls: type[PostRecipe], args) -> None:
                "data": meta["stats"], "prompt": args.prompt, "reply": chat_reply(local, args.prompt)}
     if isinstance(recipe, DPORecipe):
         summary["reward_accuracy_all_pairs"] = reward_accuracy(recipe, local, prepared_dir(recipe, out))
+    summary["seconds"] = {**seconds, "export_and_report": time.perf_counter() - t0 - sum(seconds.values())}
     os.makedirs(log_dir(recipe), exist_ok=True)
     with open(os.path.join(log_dir(recipe), "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

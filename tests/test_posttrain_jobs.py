@@ -1,0 +1,158 @@
+"""The SFT -> DPO chain on the bundled sample conversations, through
+`ray job submit` on a local head, each job stopped midway and resumed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import pytest
+
+from conftest import ROOT
+
+SFT_SETS = ["data.seq_len=512", "train.epochs=1", "checkpoint.every_steps=100", "run.log_every_steps=1"]
+DPO_SETS = ["data.seq_len=192", "data.dataset.limit=96", "train.epochs=1", "checkpoint.every_steps=100",
+            "run.log_every_steps=1"]
+
+
+def _args(sets: list[str]) -> list[str]:
+    return [a for s in sets for a in ("--set", s)]
+
+
+def _submit(head, job: str, recipe: str, sets: list[str], *extra: str) -> str:
+    out = head.submit(["python", f"jobs/{job}.py", "--config", f"recipes/{recipe}.yaml", *_args(sets), *extra],
+                      working_dir=str(ROOT), timeout=600, capture=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def _in_process(cls, recipe: str, sets: list[str], dry_run: bool = False) -> None:
+    from smolray.posttrain.job import run_job
+
+    run_job(cls, argparse.Namespace(config=str(ROOT / "recipes" / f"{recipe}.yaml"), set=sets,
+                                    dry_run=dry_run, stop_at_step=None, force_prepare=False,
+                                    prompt="What does `len` do?"))
+
+
+def _losses(out_dir) -> dict[int, float]:
+    from smolray.train.metrics import read_metrics
+
+    return {r["step"]: r["loss"] for r in read_metrics(os.path.join(out_dir, "logs", "metrics.jsonl"))}
+
+
+@pytest.fixture(scope="module")
+def sft(head, ray_cluster, init_model, tmp_path_factory):
+    """The SFT job stopped at step 3 and rerun, and the same run uninterrupted."""
+    from smolray.recipe.post import SFTRecipe
+
+    root = tmp_path_factory.mktemp("sft")
+    sets = SFT_SETS + [f"init={init_model}"]
+    first = _submit(head, "sft", "tiny-sft", sets + [f"run.output_dir={root / 'job'}"], "--stop-at-step", "3")
+    _submit(head, "sft", "tiny-sft", sets + [f"run.output_dir={root / 'job'}"])
+    # The same run without a stop (reusing the job's prepared rows).
+    _in_process(SFTRecipe, "tiny-sft", sets + [f"run.output_dir={root / 'whole'}",
+                                               f"data.prepared_dir={root / 'job' / 'data'}"])
+    return {"job": root / "job", "whole": root / "whole", "first": first}
+
+
+@pytest.fixture(scope="module")
+def dpo(head, sft, tmp_path_factory):
+    """DPO from the SFT job's export, stopped at step 5 and rerun."""
+    root = tmp_path_factory.mktemp("dpo")
+    sets = DPO_SETS + [f"init={sft['job'] / 'export'}", f"run.output_dir={root / 'job'}"]
+    first = _submit(head, "dpo", "tiny-dpo", sets, "--stop-at-step", "5")
+    _submit(head, "dpo", "tiny-dpo", sets)
+    return {"job": root / "job", "first": first}
+
+
+def test_sft_resumes_exactly_and_lowers_the_assistant_loss(sft):
+    assert "stopped at step 3" in sft["first"]
+    job, whole = _losses(sft["job"]), _losses(sft["whole"])
+    assert sorted(job) == sorted(whole) == list(range(1, len(whole) + 1))
+    for step in whole:  # the resumed run trains on the same rows with the same state
+        assert job[step] == pytest.approx(whole[step], rel=1e-4), step
+    last = max(whole)
+    assert whole[last] < whole[1] - 0.5  # nats per assistant token
+    summary = json.loads((sft["job"] / "logs" / "summary.json").read_text())
+    assert summary["data"]["skipped"] == {} and summary["data"]["rows"] > 0
+
+
+def test_dpo_learns_the_planted_preference_and_resumes(dpo):
+    from smolray.train.metrics import read_metrics
+
+    assert "stopped at step 5" in dpo["first"]
+    rows = read_metrics(os.path.join(dpo["job"], "logs", "metrics.jsonl"))
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+    # At step 1 the policy is the reference: every pair costs log 2.
+    assert rows[0]["loss"] == pytest.approx(0.693147, abs=1e-4)
+    assert rows[0]["rewards/margin"] == pytest.approx(0.0, abs=1e-3)
+    assert rows[-1]["rewards/margin"] > 0
+    summary = json.loads((dpo["job"] / "logs" / "summary.json").read_text())
+    assert summary["reward_accuracy_all_pairs"] > 0.9
+
+
+def test_the_exported_chat_model_answers_in_its_training_template(dpo):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from smolray.tokenizer.bpe import CHAT_TEMPLATE
+
+    export = str(dpo["job"] / "export")
+    tok = AutoTokenizer.from_pretrained(export)
+    model = AutoModelForCausalLM.from_pretrained(export).eval()
+    assert tok.chat_template == CHAT_TEMPLATE  # the template travelled with the model
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert end in model.generation_config.eos_token_id  # generation stops at end of turn
+    chat = [{"role": "user", "content": "What does `len` do?"}]
+    text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<|im_start|>user\nWhat does `len` do?<|im_end|>\n<|im_start|>assistant\n")
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=24, do_sample=False)
+    reply = out[0, ids.shape[1]:].tolist()
+    assert reply and end not in reply[:-1]  # nothing after an end of turn
+    assert tok.decode(reply, skip_special_tokens=True).strip()
+
+
+def test_dry_run_reports_skips_and_refuses_a_mostly_bad_dataset(ray_cluster, init_model, tmp_path, capsys):
+    from smolray.posttrain.prepare import PreparedDataError
+    from smolray.recipe.post import SFTRecipe
+
+    good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+    bad = [{"messages": [{"role": "user", "content": "Hi"}]},
+           {"messages": [{"role": "user", "content": "Hi"}, {"role": "robot", "content": "x"}]},
+           {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}]},
+           {"conversation": []}]
+    long = {"messages": [{"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "ok"}]}
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [good] * 6 + bad + [long]) + "{not json\n")
+    sets = [f"init={init_model}", f"data.dataset.files=[{data}]", "data.seq_len=128",
+            "data.overlong=drop", f"run.output_dir={tmp_path / 'out'}", "data.max_skipped_fraction=0.5"]
+    _in_process(SFTRecipe, "tiny-sft", sets, dry_run=True)
+    text = capsys.readouterr().out
+    assert "examples read: 12; kept 6" in text
+    for reason in ("no_assistant 1", "unknown_role 1", "empty_message 1", "missing_field:messages 1",
+                   "overlong_dropped 1", "invalid_json 1"):
+        assert reason in text
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+    with pytest.raises(PreparedDataError, match="5 of 12 examples were skipped"):
+        _in_process(SFTRecipe, "tiny-sft", sets[:-1], dry_run=True)
+
+
+def test_hugging_face_datasets_and_padding(ray_cluster, init_model, tmp_path, capsys):
+    """`dataset.hf` goes through datasets.load_dataset (here a local dataset folder)."""
+    import shutil
+
+    from conftest import SAMPLE
+    from smolray.recipe.post import SFTRecipe
+
+    folder = tmp_path / "smoltalk-like"
+    folder.mkdir()
+    shutil.copy(SAMPLE / "chat" / "sft.jsonl", folder / "train.jsonl")
+    sets = [f"init={init_model}", "data.dataset.files=[]", f"data.dataset.hf={folder}",
+            "data.dataset.limit=50", "data.packing=false", f"run.output_dir={tmp_path / 'out'}"]
+    _in_process(SFTRecipe, "tiny-sft", sets, dry_run=True)
+    text = capsys.readouterr().out
+    assert "examples read: 50; kept 50" in text
+    assert "sequences: 50 of 512 tokens (padded;" in text  # one conversation per row
