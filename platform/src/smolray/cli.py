@@ -10,12 +10,13 @@ from collections.abc import Callable
 from smolray.data.plan import DataPlanError
 from smolray.data.raw import RawDataError
 from smolray.data.shards import ShardError
+from smolray.eval import TaskError
 from smolray.posttrain.chat import TemplateError
 from smolray.posttrain.prepare import PreparedDataError
 from smolray.recipe import Recipe, RecipeError, load_recipe
 
 USER_ERRORS = (RecipeError, DataPlanError, ShardError, RawDataError, FileNotFoundError,
-               PreparedDataError, TemplateError)
+               PreparedDataError, TemplateError, TaskError)
 
 
 def recipe_parser(description: str) -> argparse.ArgumentParser:
