@@ -12,7 +12,7 @@ import os
 import tempfile
 
 from smolray.posttrain.reference import load_causal_lm
-from smolray.train.export import DTYPES, consolidated_state_dict, publish
+from smolray.train.export import load_trained, publish
 
 END_OF_TURN = "<|im_end|>"
 
@@ -23,16 +23,9 @@ def export_chat_model(checkpoint_dir: str, recipe, init_dir: str, tok, out_dir: 
             export_chat_model(checkpoint_dir, recipe, init_dir, tok, local)
             publish(local, out_dir)
         return out_dir
-    model = load_causal_lm(init_dir)  # the architecture and config; weights replaced next
-    state = consolidated_state_dict(checkpoint_dir, recipe.train.zero_stage)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    allowed = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-    if set(missing) - allowed or unexpected:
-        raise RuntimeError(f"{checkpoint_dir}: weights do not match {init_dir} "
-                           f"(missing {sorted(set(missing) - allowed)}, unexpected {unexpected})")
-    model.tie_weights()
-    model = model.to(DTYPES[recipe.export.dtype])
-    model.config.dtype = recipe.export.dtype
+    # The starting model gives the architecture and config; its weights are replaced.
+    model = load_trained(load_causal_lm(init_dir), checkpoint_dir, recipe.train.zero_stage,
+                         recipe.export.dtype)
     stop = [tok.eos_token_id]
     turn = tok.convert_tokens_to_ids(END_OF_TURN)
     if END_OF_TURN in tok.chat_template and isinstance(turn, int) and turn != tok.unk_token_id:

@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from smolray.recipe.schema import CheckpointConfig, ExportConfig, OptimConfig, RunSettings, _Strict
+from smolray.recipe.schema import (CheckpointConfig, EngineConfig, ExportConfig, OptimConfig, RunSettings,
+                                   _Strict)
 
 
 class DatasetConfig(_Strict):
@@ -57,16 +58,8 @@ class PostDataConfig(_Strict):
     prepared_dir: str | None = None
 
 
-class PostTrainConfig(_Strict):
-    # Sequences (SFT) or preference pairs (DPO) per optimizer step, all workers.
-    global_batch_size: int = Field(gt=0)
-    micro_batch_size: int = Field(gt=0)
+class PostTrainConfig(EngineConfig):
     epochs: float = Field(gt=0)
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    num_workers: int = Field(default=1, gt=0)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(default=1.0, gt=0)
 
 
 class PostScheduleConfig(_Strict):

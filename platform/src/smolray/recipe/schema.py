@@ -183,19 +183,24 @@ class ScheduleConfig(_Strict):
     min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
 
 
-class TrainConfig(_Strict):
-    # Sequences per optimizer step, across all workers.
+class EngineConfig(_Strict):
+    """Batch, ZeRO, precision and workers: what every objective's engine needs."""
+
+    # Sequences (DPO: pairs) per optimizer step, across all workers.
     global_batch_size: int = Field(gt=0)
     # Sequences per forward pass on one worker.
     micro_batch_size: int = Field(gt=0)
-    # The token budget; steps = total_tokens // (global_batch_size * seq_len).
-    total_tokens: int = Field(gt=0)
     zero_stage: Literal[0, 1, 2, 3] = 2
     # auto: bf16 where the accelerator supports it, else fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     num_workers: int = Field(default=1, gt=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
+
+
+class TrainConfig(EngineConfig):
+    # The token budget; steps = total_tokens // (global_batch_size * seq_len).
+    total_tokens: int = Field(gt=0)
     # Sequences each worker prefetches from the data pipeline.
     prefetch_batches: int = Field(default=4, ge=0)
 

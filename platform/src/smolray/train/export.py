@@ -54,21 +54,27 @@ def publish(local_dir: str, uri: str) -> None:
     pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
+def load_trained(model, checkpoint_dir: str, zero_stage: int, dtype: str):
+    """The model with the checkpoint's consolidated weights, cast to the export dtype."""
+    state = consolidated_state_dict(checkpoint_dir, zero_stage)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # With tied embeddings the output head is the input embedding, saved once.
+    allowed = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    if set(missing) - allowed or unexpected:
+        raise RuntimeError(f"{checkpoint_dir}: weights do not match the model "
+                           f"(missing {sorted(set(missing) - allowed)}, unexpected {unexpected})")
+    model.tie_weights()
+    model = model.to(DTYPES[dtype])
+    model.config.dtype = dtype
+    return model
+
+
 def _export_local(checkpoint_dir: str, recipe: Recipe, out_dir: str) -> str:
     tok = load_tokenizer(recipe.tokenizer)
     model = build_model(recipe.model, recipe.seed, tok.bos_token_id, tok.eos_token_id)
     # The model leaves training with the last stage's RoPE base (context extension).
     set_rope_theta(model, recipe.stages[-1].rope_theta)
-    state = consolidated_state_dict(checkpoint_dir, recipe.train.zero_stage)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # With tied embeddings the output head is the input embedding, saved once.
-    allowed = {"lm_head.weight"} if recipe.model.tie_embeddings else set()
-    if set(missing) - allowed or unexpected:
-        raise RuntimeError(f"{checkpoint_dir}: weights do not match the recipe's model "
-                           f"(missing {sorted(set(missing) - allowed)}, unexpected {unexpected})")
-    model.tie_weights()
-    model = model.to(DTYPES[recipe.export.dtype])
-    model.config.torch_dtype = recipe.export.dtype
+    model = load_trained(model, checkpoint_dir, recipe.train.zero_stage, recipe.export.dtype)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     os.makedirs(out_dir, exist_ok=True)

@@ -1,0 +1,122 @@
+"""A mixture sweep, typed and checked before any trial launches.
+
+A sweep trains one proxy run of a base recipe per mixture, at a fixed token
+budget, and compares them on an evaluation metric. The file names the base
+recipe, the budget, which sources are searched (the others are fixed at a
+given share or left out), how mixtures are drawn, and how trials share the
+cluster. Everything that can be wrong with it is reported here, in one
+message per problem that names the field, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from smolray.recipe.schema import _Strict
+
+
+class SpaceConfig(_Strict):
+    """How mixtures are drawn over the searched sources.
+
+    list: the mixtures given (each a share per searched source).
+    grid: the first searched source at each value, the others splitting the
+      rest in proportion to `prior` (the 2-source ratio ablation: 100/0,
+      80/20, 60/40, ...).
+    dirichlet: `trials` random mixtures from a Dirichlet centred on `prior`
+      with the given concentration (RegMix: many small runs around the
+      sources' natural shares).
+    """
+
+    kind: Literal["list", "grid", "dirichlet"]
+    mixtures: list[dict[str, float]] = Field(default_factory=list)
+    values: list[float] = Field(default_factory=list)
+    # "tokens": the searched sources' shares of tokens on disk; "uniform";
+    # or explicit relative weights per searched source.
+    prior: Literal["tokens", "uniform"] | dict[str, float] = "tokens"
+    concentration: float = Field(default=1.0, gt=0)
+    trials: int = Field(default=0, ge=0)
+    seed: int = 0
+
+
+class EvalSpec(_Strict):
+    # Named target mixture over held-out sources: its loss is `target_loss`.
+    target: dict[str, float] = Field(default_factory=dict)
+    # Multiple-choice task files (or hf:<name>) scored after each trial.
+    tasks: list[str] = Field(default_factory=list)
+    every_steps: int = Field(default=0, ge=0)  # 0: only at the end
+
+
+class SchedulerConfig(_Strict):
+    kind: Literal["asha", "none"] = "asha"
+    grace_period_steps: int = Field(default=1, gt=0)
+    reduction_factor: float = Field(default=2.0, gt=1)
+
+
+class ResourcesConfig(_Strict):
+    # Per trial; fractional CPUs let several tiny trials share a small box.
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    max_concurrent: int = Field(default=0, ge=0)  # 0: as many as fit
+
+
+class SweepConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    recipe: str  # the base recipe, e.g. recipes/tiny.yaml
+    set: list[str] = Field(default_factory=list)  # overrides applied to every trial
+    budget_tokens: int = Field(gt=0)  # training tokens per trial
+    search: list[str] = Field(min_length=1)  # sources whose shares are searched
+    fixed: dict[str, float] = Field(default_factory=dict)  # source -> fixed share in [0, 1]
+    space: SpaceConfig
+    metric: str = "target_loss"
+    mode: Literal["min", "max"] = "min"
+    eval: EvalSpec = EvalSpec()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    output_dir: str = "outputs/sweeps"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepConfig:
+        dup = sorted(set(self.search) & set(self.fixed))
+        if dup:
+            raise ValueError(f"search and fixed both name {dup}; a source is either searched or fixed")
+        for name, share in self.fixed.items():
+            if not (math.isfinite(share) and 0 <= share <= 1):
+                raise ValueError(f"fixed.{name}={share}: a fixed share must be in [0, 1]")
+        if sum(self.fixed.values()) >= 1:
+            raise ValueError(f"fixed shares sum to {sum(self.fixed.values())}: they must leave room "
+                             "(< 1) for the searched sources")
+        sp = self.space
+        if sp.kind == "list":
+            if not sp.mixtures:
+                raise ValueError("space.mixtures is empty: list at least one mixture, e.g. "
+                                 f"[{{{self.search[0]}: 1.0}}]")
+            for i, m in enumerate(sp.mixtures):
+                extra = sorted(set(m) - set(self.search))
+                if extra:
+                    raise ValueError(f"space.mixtures.{i} names {extra}, which are not in search "
+                                     f"{self.search}; add them to search or remove them")
+                if any(not math.isfinite(v) or v < 0 for v in m.values()) or sum(m.values()) <= 0:
+                    raise ValueError(f"space.mixtures.{i}={m}: weights must be >= 0 with a positive sum")
+        elif sp.kind == "grid":
+            if not sp.values:
+                raise ValueError(f"space.values is empty: give shares of {self.search[0]}, e.g. [0, 0.2, 0.4]")
+            bad = [v for v in sp.values if not 0 <= v <= 1]
+            if bad:
+                raise ValueError(f"space.values {bad}: a grid value is a share of the searched "
+                                 "sources and must be in [0, 1]")
+            if len(self.search) == 1 and any(v != 1 for v in sp.values):
+                raise ValueError("space.kind=grid with one searched source: its share can only be 1; "
+                                 "search two or more sources")
+        elif sp.trials < 1:
+            raise ValueError(f"space.trials={sp.trials}: a dirichlet space needs trials >= 1")
+        if isinstance(sp.prior, dict):
+            missing = sorted(set(self.search) - set(sp.prior))
+            if missing or any(v <= 0 for v in sp.prior.values()):
+                raise ValueError(f"space.prior={sp.prior}: give a positive weight for every searched "
+                                 f"source (missing {missing})")
+        if self.metric == "target_loss" and not self.eval.target:
+            raise ValueError("metric=target_loss needs eval.target, a mixture over held-out sources "
+                             "(e.g. {code: 0.7, prose: 0.3}); set it or choose another metric")
+        return self

@@ -1,0 +1,75 @@
+"""Mixtures drawn from a sweep's space, and the trial recipes that train them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from smolray.recipe import Recipe, RecipeError, load_recipe
+from smolray.tune.config import SweepConfig
+
+
+def prior(cfg: SweepConfig, tokens: dict[str, int]) -> np.ndarray:
+    """Relative weight of each searched source, summing to 1."""
+    p = cfg.space.prior
+    if p == "uniform":
+        w = np.ones(len(cfg.search))
+    elif p == "tokens":
+        w = np.array([float(tokens[s]) for s in cfg.search])
+    else:
+        w = np.array([float(p[s]) for s in cfg.search])
+    return w / w.sum()
+
+
+def mixtures(cfg: SweepConfig, tokens: dict[str, int]) -> list[dict[str, float]]:
+    """Every trial's full mixture: fixed shares plus the searched sources' shares of the rest."""
+    sp, search = cfg.space, cfg.search
+    base = prior(cfg, tokens)
+    if sp.kind == "list":
+        rows = [np.array([m.get(s, 0.0) for s in search], dtype=float) for m in sp.mixtures]
+    elif sp.kind == "grid":
+        rows = []
+        rest = base[1:] / base[1:].sum() if len(search) > 1 else base[1:]
+        for v in sp.values:
+            rows.append(np.concatenate([[v], (1 - v) * rest]))
+    else:
+        rng = np.random.default_rng(sp.seed)
+        rows = list(rng.dirichlet(sp.concentration * len(search) * base, size=sp.trials))
+    free = 1.0 - sum(cfg.fixed.values())
+    out = []
+    for r in rows:
+        r = r / r.sum()
+        mix = {**cfg.fixed, **{s: float(free * x) for s, x in zip(search, r)}}
+        out.append({s: w for s, w in mix.items() if w > 0})
+    return out
+
+
+def trial_recipe(cfg: SweepConfig, mixture: dict[str, float], name: str, output_dir: str) -> Recipe:
+    """The base recipe with the sweep's overrides, the budget and this mixture."""
+    weights = "{" + ", ".join(f"{s}: {w!r}" for s, w in mixture.items()) + "}"
+    sets = list(cfg.set) + [f"name={name}", f"train.total_tokens={cfg.budget_tokens}",
+                            f"data.weights={weights}", f"run.output_dir={output_dir}"]
+    return load_recipe(cfg.recipe, sets)
+
+
+def check(cfg: SweepConfig, tokens: dict[str, int] | None = None) -> Recipe:
+    """Everything about the sweep that needs the base recipe; returns it.
+
+    Fails before launching on unknown sources and a budget below one step.
+    """
+    base = load_recipe(cfg.recipe, list(cfg.set))
+    if base.data.stages is not None:
+        raise RecipeError(f"recipe {cfg.recipe}: a sweep searches one mixture; give a base recipe "
+                          "with data.weights (set: ['data.stages=null', 'data.weights={...}'])")
+    known = {s.name for s in base.data.sources}
+    for field, names in (("search", cfg.search), ("fixed", list(cfg.fixed)),
+                         ("eval.target", list(cfg.eval.target))):
+        unknown = sorted(set(names) - known)
+        if unknown:
+            raise RecipeError(f"{field} names {unknown}, which the recipe {cfg.recipe} does not have; "
+                              f"its sources are {sorted(known)}")
+    step = base.tokens_per_step
+    if cfg.budget_tokens < step:
+        raise RecipeError(f"budget_tokens={cfg.budget_tokens} is less than one optimizer step of "
+                          f"{cfg.recipe} ({step} tokens = global_batch_size x seq_len); raise it to at "
+                          f"least {step}")
+    return base
