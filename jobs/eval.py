@@ -1,9 +1,9 @@
 """Evaluate an exported model: multiple-choice tasks and held-out loss.
 
-    ray job submit --working-dir . -- python jobs/eval.py --model outputs/tiny/export \
+    ray job submit --working-dir . -- python jobs/eval.py --model outputs/demo/run/export \
         --tasks data/sample/tasks/*.jsonl --heldout prose=held/prose.jsonl --heldout code=held/code.jsonl \
         --target prose=0.3,code=0.7
-    python jobs/eval.py --model outputs/tiny/export --tasks hf:hellaswag hf:arc_easy --limit 500
+    python jobs/eval.py --model outputs/demo/run/export --tasks hf:hellaswag hf:arc_easy --limit 500
 
 Tasks are scored by log-likelihood in cloze form (acc and length-normalised
 acc_norm); held-out text gives loss per token and bits per byte per source,
@@ -35,7 +35,7 @@ def _pairs(items: list[str], flag: str, cast=str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a Hugging Face model folder, e.g. outputs/tiny/export")
+    p.add_argument("--model", required=True, help="a Hugging Face model folder, e.g. outputs/demo/run/export")
     p.add_argument("--tasks", nargs="*", default=[], help="JSONL task files or hf:<name>")
     p.add_argument("--heldout", action="append", default=[], metavar="SOURCE=PATH")
     p.add_argument("--target", action="append", default=[], metavar="SOURCE=WEIGHT,...")
