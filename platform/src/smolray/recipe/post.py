@@ -102,17 +102,6 @@ class PostRecipe(_Strict):
     export: ExportConfig = ExportConfig()
     run: RunSettings
 
-    @model_validator(mode="after")
-    def _batch(self) -> PostRecipe:
-        t = self.train
-        per_pass = t.micro_batch_size * t.num_workers
-        if t.global_batch_size % per_pass:
-            raise ValueError(
-                f"train.global_batch_size={t.global_batch_size} is not a multiple of "
-                f"micro_batch_size * num_workers = {t.micro_batch_size} * {t.num_workers}; "
-                f"use a multiple of {per_pass}")
-        return self
-
     def total_steps(self, examples: int) -> int:
         """Optimizer steps for `epochs` passes over `examples` rows."""
         return max(1, round(self.train.epochs * examples / self.train.global_batch_size))

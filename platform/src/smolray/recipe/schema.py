@@ -197,6 +197,16 @@ class EngineConfig(_Strict):
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
 
+    @model_validator(mode="after")
+    def _batch(self) -> EngineConfig:
+        per_pass = self.micro_batch_size * self.num_workers
+        if self.global_batch_size % per_pass:
+            raise ValueError(
+                f"train.global_batch_size={self.global_batch_size} is not a multiple of "
+                f"micro_batch_size * num_workers = {self.micro_batch_size} * {self.num_workers}; "
+                f"use a multiple of {per_pass}")
+        return self
+
 
 class TrainConfig(EngineConfig):
     # The token budget; steps = total_tokens // (global_batch_size * seq_len).
@@ -242,13 +252,6 @@ class Recipe(_Strict):
             raise ValueError(
                 f"data.seq_len={d.seq_len} is above model.max_position_embeddings="
                 f"{m.max_position_embeddings}; lower data.seq_len or raise max_position_embeddings"
-            )
-        per_pass = t.micro_batch_size * t.num_workers
-        if t.global_batch_size % per_pass:
-            raise ValueError(
-                f"train.global_batch_size={t.global_batch_size} is not a multiple of "
-                f"micro_batch_size * num_workers = {t.micro_batch_size} * {t.num_workers}; "
-                f"use a multiple of {per_pass}"
             )
         steps = self.total_steps
         if steps < 1:
