@@ -44,7 +44,8 @@ class Rows:
 
     def trained_tokens(self, idx: np.ndarray, prefix: str = "") -> int:
         """Label positions that count in the loss (shifted: the first never does)."""
-        lab = self.take(idx)[prefix + "labels"]
+        col = self.table.column(prefix + "labels").take(pa.array(idx, type=pa.int64()))
+        lab = col.combine_chunks().flatten().to_numpy().reshape(len(idx), -1)
         return int((lab[:, 1:] != IGNORE).sum())
 
 
