@@ -115,8 +115,11 @@ def read_examples(recipe):
     if d.hf:
         import datasets
 
-        hf = datasets.load_dataset(d.hf, d.hf_config, split=d.split)
-        ds = ray.data.from_huggingface(hf)
+        hf = datasets.load_dataset(d.hf, d.hf_config, split=d.split).with_format("arrow")
+        # From the local Arrow cache, in blocks: ray.data.from_huggingface would
+        # ask the hub for a parquet export, which a local or offline dataset lacks.
+        step = 8192
+        ds = ray.data.from_arrow([hf[i:i + step] for i in range(0, max(1, len(hf)), step)])
     else:
         from smolray.data.raw import expand, file_format
         from smolray.data.shards import filesystem
