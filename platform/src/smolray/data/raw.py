@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
+import re
 from collections.abc import Iterator
 
 import pyarrow.dataset as pads
@@ -66,6 +67,16 @@ def _expand_one(pat: str) -> list[str]:
     keep = [f.path for f in files if f.type == pafs.FileType.File and
             (fnmatch.fnmatch(f.path, path) if has_glob else _known(f.path))]
     return sorted(prefix + p + suffix for p in keep)
+
+
+def identities(files: list[str]) -> list[str]:
+    """`path:size` of each file, for up-to-date checks; credentials in a URI
+    (s3://key:secret@bucket) are never written out."""
+    out = []
+    for f in files:
+        fs, p = filesystem(f)
+        out.append(f"{re.sub(r'://[^/@]+@', '://', f)}:{fs.get_file_info(p).size}")
+    return out
 
 
 def _known(path: str) -> bool:

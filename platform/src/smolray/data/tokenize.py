@@ -8,52 +8,34 @@ same on every run.
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
 
 import numpy as np
 import pyarrow.fs as pafs
 import ray
 
-from smolray.data.raw import expand, file_format
+from smolray.data.raw import expand, file_format, identities
 from smolray.data.shards import (MANIFEST, Manifest, ShardError, filesystem, join,
                                  read_manifest, token_dtype, write_manifest, write_shard)
 from smolray.recipe import Recipe, SourceConfig
-from smolray.tokenizer import fingerprint
+from smolray.tokenizer import cached_tokenizer, fingerprint
 
 log = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=4)
-def _tokenizer(path: str):
-    from smolray.tokenizer import load_tokenizer
-
-    return load_tokenizer(path)
-
-
 def _encode(batch: dict[str, np.ndarray], tokenizer: str, text_field: str) -> dict[str, list]:
-    tok = _tokenizer(tokenizer)
+    tok = cached_tokenizer(tokenizer)
     texts = [t or "" for t in batch[text_field].tolist()]
     ids = tok(texts, add_special_tokens=False, verbose=False)["input_ids"]
     # An empty text stays an empty row so the driver can count it.
     return {"ids": [np.asarray(x + [tok.eos_token_id] if x else [], dtype=np.int32) for x in ids]}
 
 
-def _inputs(files: list[str]) -> list[str]:
-    out = []
-    for f in files:
-        fs, p = filesystem(f)
-        # Never write credentials given in a URI (s3://key:secret@bucket) to disk.
-        out.append(f"{re.sub(r'://[^/@]+@', '://', f)}:{fs.get_file_info(p).size}")
-    return out
-
-
 def tokenize_source(src: SourceConfig, tokenizer: str, vocab_size: int,
                     shard_tokens: int, force: bool = False) -> Manifest:
     """Tokenize one source into its shards directory; skip if already up to date."""
     files = expand(src.raw, f"data.sources.{src.name}.raw")
-    inputs, fp = _inputs(files), fingerprint(tokenizer)
+    inputs, fp = identities(files), fingerprint(tokenizer)
     fs, base = filesystem(src.shards)
     if not force:
         try:
@@ -105,7 +87,7 @@ def tokenize_source(src: SourceConfig, tokenizer: str, vocab_size: int,
     if pending:
         shards.append(write_shard(fs, base, len(shards), pending, dtype))
     _remove_stale(fs, base, keep={s.file for s in shards})
-    eos = _tokenizer(str(tokenizer)).eos_token_id
+    eos = cached_tokenizer(str(tokenizer)).eos_token_id
     manifest = Manifest(source=src.name, dtype=dtype, eos_id=eos, tokenizer=fp,
                         shards=shards, inputs=inputs, skipped_empty=skipped, skipped_short=short,
                         min_doc_tokens=src.min_doc_tokens)

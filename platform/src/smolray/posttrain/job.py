@@ -84,20 +84,6 @@ def prepared_dir(recipe: PostRecipe, out: str) -> str:
     return os.path.abspath(recipe.data.prepared_dir or os.path.join(out, "data"))
 
 
-def _file_id(paths: list[str]) -> list[str]:
-    """Names and sizes (no credentials) of the dataset's files."""
-    import re
-
-    from smolray.data.raw import expand
-    from smolray.data.shards import filesystem
-
-    out = []
-    for f in expand(paths, "data.dataset.files"):
-        fs, p = filesystem(f)
-        out.append(f"{re.sub(r'://[^/@]+@', '://', f)}:{fs.get_file_info(p).size}")
-    return out
-
-
 def _weights_id(model_dir: str) -> str:
     h = hashlib.sha256()
     for name in sorted(os.listdir(model_dir)):
@@ -110,13 +96,14 @@ def _weights_id(model_dir: str) -> str:
 
 def data_key(recipe: PostRecipe, tok_path: str, template: str, init: str) -> dict:
     """Everything the prepared rows depend on: change any, and they are rebuilt."""
+    from smolray.data.raw import expand, identities
     from smolray.tokenizer import fingerprint
 
     d = recipe.data
     key = {"objective": recipe.objective, "data": d.model_dump(exclude={"prepared_dir"}),
            "tokenizer": fingerprint(tok_path),
            "template": hashlib.sha256(template.encode()).hexdigest()[:16],
-           "files": _file_id(d.dataset.files) if d.dataset.files else None}
+           "files": identities(expand(d.dataset.files, "data.dataset.files")) if d.dataset.files else None}
     if isinstance(recipe, DPORecipe):
         key["reference"] = _weights_id(init)  # the reference log-probs come from init
     return key

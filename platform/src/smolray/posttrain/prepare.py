@@ -14,7 +14,6 @@ masks attention between them (see tests/test_posttrain.py).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -52,17 +51,12 @@ class Stats:
         return self.tokens / max(1, self.slots)
 
 
-@functools.lru_cache(maxsize=2)
-def _tokenizer(path: str):
-    from smolray.tokenizer import load_tokenizer
-
-    return load_tokenizer(path)
-
-
 def _render_batch(batch: pa.Table, tokenizer: str, template: str | None, fields: dict,
                   seq_len: int, overlong: str, objective: str) -> pa.Table:
     """Ray Data UDF: rows -> ids and masks, or the reason each row is skipped."""
-    tok = _tokenizer(tokenizer)
+    from smolray.tokenizer import cached_tokenizer
+
+    tok = cached_tokenizer(tokenizer)
     cols: dict[str, list] = {k: [] for k in ("reason", "truncated", "ids", "mask", "ids2", "mask2")}
     for row in batch.to_pylist():
         ids = mask = ids2 = mask2 = None

@@ -7,6 +7,8 @@ SmolLM2 uses, so post-training and serving need no tokenizer surgery.
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -62,6 +64,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str | Path,
     )
     hf.save_pretrained(str(out_dir))
     return hf
+
+
+@functools.lru_cache(maxsize=4)
+def cached_tokenizer(path: str) -> PreTrainedTokenizerFast:
+    """load_tokenizer, once per process: Ray Data tasks call it for every batch."""
+    return load_tokenizer(path)
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
