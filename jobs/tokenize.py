@@ -28,7 +28,8 @@ def main() -> None:
     connect()
     for name, m in tokenize_recipe(recipe, force=args.force).items():
         print(f"{name:<12} {m.docs:>9,} docs {m.tokens:>13,} tokens in {len(m.shards)} shards "
-              f"({m.skipped_empty} empty, {m.skipped_short} under min_doc_tokens left out)")
+              f"({m.heldout_docs} held out, {m.skipped_empty} empty, "
+              f"{m.skipped_short} under min_doc_tokens left out)")
 
 
 if __name__ == "__main__":

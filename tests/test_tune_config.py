@@ -17,10 +17,32 @@ def sweep(**changes):
 
     raw = yaml.safe_load((ROOT / "tune" / "tiny-mixture.yaml").read_text())
     raw.update(changes)
+    if "search" in changes and "baselines" not in changes:
+        raw["baselines"] = {}  # the shipped uniform baseline names all three sources
     return recipe_from_dict(raw, source="sweep", cls=SweepConfig)
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "tune").glob("*.yaml")), ids=lambda p: p.name)
+SHIPPED = sorted((ROOT / "tune").glob("*.yaml"))
+SWEEPS = [p for p in SHIPPED if "candidates" not in yaml.safe_load(p.read_text())]
+ANNEALS = [p for p in SHIPPED if p not in SWEEPS]
+
+
+@pytest.mark.parametrize("path", ANNEALS, ids=lambda p: p.name)
+def test_every_shipped_anneal_validates(path, monkeypatch):
+    from smolray.recipe import load_recipe
+    from smolray.tune.anneal import AnnealConfig, candidate_recipes
+
+    monkeypatch.chdir(ROOT)
+    cfg = load_recipe(path, cls=AnnealConfig)
+    # The checkpoint exists only after `make demo`; its step is in the file name.
+    step = int(cfg.checkpoint.rsplit("-", 1)[1])
+    recipes = candidate_recipes(cfg, step)
+    assert set(recipes) == {c.name for c in cfg.candidates}
+    for r in recipes.values():
+        assert r.total_steps == step + cfg.decay_steps and r.stages[-1].start_step == step
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_every_shipped_sweep_validates(path, monkeypatch):
     from smolray.recipe import load_recipe
     from smolray.tune.config import SweepConfig
@@ -81,7 +103,7 @@ def test_bad_sweeps_against_the_recipe_fail_before_launching(monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(RecipeError, match=r"search names \['web'\], which the recipe"):
         check(sweep(search=["prose", "web"]))
-    with pytest.raises(RecipeError, match=r"eval.target names \['wiki'\]"):
-        check(sweep(eval={"target": {"wiki": 1.0}}))
+    with pytest.raises(RecipeError, match=r"eval.target.wiki: no source named 'wiki'"):
+        check(sweep(eval={"target": {"wiki": 1.0}, "every_steps": 10}))
     with pytest.raises(RecipeError, match="budget_tokens=1000 is less than one optimizer step"):
         check(sweep(budget_tokens=1000))

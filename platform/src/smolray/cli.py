@@ -19,11 +19,12 @@ USER_ERRORS = (RecipeError, DataPlanError, ShardError, RawDataError, FileNotFoun
                PreparedDataError, TemplateError, TaskError)
 
 
-def recipe_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config", required=True, help="recipe YAML, e.g. recipes/tiny.yaml")
+def recipe_parser(description: str, example: str = "recipes/tiny.yaml",
+                  override: str = "train.zero_stage=3") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help=f"YAML file, e.g. {example}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe field, e.g. --set train.zero_stage=3 (repeatable)")
+                   help=f"override a field, e.g. --set {override} (repeatable)")
     return p
 
 

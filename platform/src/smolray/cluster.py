@@ -31,7 +31,9 @@ def connect(min_cpus: int = 8) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return
-    ray.init(num_cpus=max(min_cpus, os.cpu_count() or 1), include_dashboard=False)
+    # The dashboard serves the state API, which Ray Train's placement-group
+    # cleaner polls; without it every trainer logs a warning each second.
+    ray.init(num_cpus=max(min_cpus, os.cpu_count() or 1), include_dashboard=True)
 
 
 def _free_port() -> int:

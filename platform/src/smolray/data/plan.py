@@ -188,6 +188,11 @@ def build_plan(recipe: Recipe, manifests: dict[str, Manifest] | None = None,
                 f"data.sources.{name}.shards={src.shards!r}: tokenized with a different tokenizer "
                 f"({m.tokenizer}) than recipe.tokenizer ({tokenizer_fingerprint}); re-run "
                 "jobs/tokenize.py with this recipe")
+        if m.heldout_fraction != src.heldout_fraction:
+            # Otherwise the shards may hold documents the recipe means to validate on.
+            problems.append(
+                f"data.sources.{name}.heldout_fraction={src.heldout_fraction}, but its shards were "
+                f"cut with {m.heldout_fraction}; re-run jobs/tokenize.py with this recipe")
         if m.dtype != token_dtype(recipe.model.vocab_size) and recipe.model.vocab_size > 1 << 16:
             problems.append(f"data.sources.{name}: {m.dtype} shards cannot hold vocab "
                             f"{recipe.model.vocab_size}; re-tokenize")

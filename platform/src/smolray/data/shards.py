@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 MANIFEST = "manifest.json"
+HELDOUT = "heldout.parquet"
 FORMAT_VERSION = 1
 
 
@@ -49,6 +50,9 @@ class Manifest:
     skipped_empty: int = 0
     skipped_short: int = 0  # documents under min_doc_tokens, left out
     min_doc_tokens: int = 0
+    # Documents set aside for validation (in heldout.parquet, not in shards).
+    heldout_fraction: float = 0.0
+    heldout_docs: int = 0
     format_version: int = FORMAT_VERSION
 
     @property

@@ -69,6 +69,10 @@ class SourceConfig(_Strict):
     # Keep only documents of at least this many tokens (EOS included): a
     # long-document view of a corpus, for context-extension stages.
     min_doc_tokens: int = Field(default=0, ge=0)
+    # Documents set aside at tokenization for validation: chosen by a hash of
+    # their text (so duplicates land on the same side), written as raw text to
+    # <shards>/heldout.parquet and never put in a shard the plan can draw.
+    heldout_fraction: float = Field(default=0.0, ge=0, lt=1)
 
 
 def _check_weights(weights: dict[str, float], names: set[str], field: str) -> None:
@@ -230,6 +234,22 @@ class RunSettings(_Strict):
     # local path (absolute, or relative to the working directory) or a URI.
     output_dir: str
     log_every_steps: int = Field(default=10, gt=0)
+    # Branch from another run: with no checkpoint of its own yet, the run
+    # starts from this one (weights, optimizer, data position). The stages that
+    # checkpoint has trained must be unchanged; later ones may differ (an
+    # annealing ablation adds a decay stage on a new mixture).
+    init_from: str | None = None
+
+
+class EvalSettings(_Strict):
+    """Validation loss during pretraining, on the sources' held-out documents."""
+
+    # Score every this many steps and at the run's last step; 0: never.
+    every_steps: int = Field(default=0, ge=0)
+    # A named mixture over held-out sources; its weighted loss is `target_loss`.
+    target: dict[str, float] = Field(default_factory=dict)
+    # Held-out tokens scored per source: enough for a stable mean, cheap in-loop.
+    max_tokens: int = Field(default=32768, gt=0)
 
 
 class Recipe(_Strict):
@@ -243,6 +263,7 @@ class Recipe(_Strict):
     train: TrainConfig
     checkpoint: CheckpointConfig = CheckpointConfig()
     export: ExportConfig = ExportConfig()
+    eval: EvalSettings = EvalSettings()
     run: RunSettings
 
     @model_validator(mode="after")
@@ -267,6 +288,7 @@ class Recipe(_Strict):
         from smolray.recipe.timeline import timeline
 
         timeline(self)  # stage boundaries and shapes; raises with field and fix
+        self._check_eval()
         if s.warmup_steps + self.decay_steps > steps:
             raise ValueError(
                 f"schedule.warmup_steps={s.warmup_steps} plus the decay "
@@ -275,6 +297,23 @@ class Recipe(_Strict):
                 "train.total_tokens"
             )
         return self
+
+    def _check_eval(self) -> None:
+        held, ev = self.heldout_sources, self.eval
+        if ev.target:
+            _check_weights(ev.target, {src.name for src in self.data.sources}, "eval.target")
+            missing = sorted(set(ev.target) - set(held))
+            if missing:
+                raise ValueError(f"eval.target names {missing}, which hold out no documents; set "
+                                 f"data.sources.{missing[0]}.heldout_fraction (e.g. 0.05) and re-run "
+                                 "jobs/tokenize.py")
+        if ev.every_steps and not held:
+            raise ValueError(f"eval.every_steps={ev.every_steps} but no source holds out documents; "
+                             "set data.sources.<name>.heldout_fraction (e.g. 0.05) or eval.every_steps=0")
+
+    @property
+    def heldout_sources(self) -> list[str]:
+        return [src.name for src in self.data.sources if src.heldout_fraction > 0]
 
     @property
     def tokens_per_step(self) -> int:

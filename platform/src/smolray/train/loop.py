@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray.train
@@ -15,12 +15,14 @@ import torch.nn.functional as F
 
 from smolray.data.plan import DataPlan
 from smolray.data.stream import RankSlice, build_dataset, rank_slice
+from smolray.eval.loss import Windows
 from smolray.model import build_model, set_rope_theta
 from smolray.recipe import Recipe
 from smolray.recipe.timeline import Stage
 from smolray.train.checkpoint import CheckpointError, TrainerState, load_engine, save_checkpoint, verify
 from smolray.train.engine import build_engine
 from smolray.train.schedule import from_recipe
+from smolray.train.validate import validate
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class LoopConfig:
     stop_at_step: int | None = None
     # If set, every rank appends the identity of each sequence it trains on.
     sample_log: str | None = None
+    # Held-out windows per source, scored every recipe.eval.every_steps.
+    heldout: dict[str, Windows] = field(default_factory=dict)
 
 
 def train_loop(cfg: LoopConfig) -> None:
@@ -44,6 +48,8 @@ def train_loop(cfg: LoopConfig) -> None:
     r, plan = cfg.recipe, cfg.plan
     device = ray.train.torch.get_device()
     ckpt = ray.train.get_checkpoint()
+    if ckpt is None and r.run.init_from:
+        ckpt = ray.train.Checkpoint(r.run.init_from)
     state = _resume_state(ckpt, cfg, world) if ckpt else None
     start = state.step if state else 0
     stop = min(r.total_steps, cfg.stop_at_step or r.total_steps)
@@ -100,7 +106,9 @@ def train_loop(cfg: LoopConfig) -> None:
             window.steps += 1
             done = step + 1
             save = done % r.checkpoint.every_steps == 0 or done == stop
-            if not (save or done % r.run.log_every_steps == 0):
+            every = r.eval.every_steps
+            score = bool(every and cfg.heldout) and (done % every == 0 or done == r.total_steps)
+            if not (save or score or done % r.run.log_every_steps == 0):
                 continue
             seq = base_seq + _all_sum(local_seq, device)
             planned = plan.draws_through(done)
@@ -108,6 +116,9 @@ def train_loop(cfg: LoopConfig) -> None:
                 raise RuntimeError(f"data accounting drifted at step {done}: trained {seq.tolist()} "
                                    f"sequences per source, the plan says {planned.tolist()}")
             metrics = _metrics(engine, window, plan, st, done, r, device, world)
+            if score:
+                metrics.update(validate(engine, cfg.heldout, r.eval.target, rank, world, device,
+                                        st.micro_batch))
             if log:
                 log.write(done, metrics)
             if samples:

@@ -16,6 +16,7 @@ from smolray.data.plan import DataPlan
 from smolray.recipe import Recipe
 from smolray.tokenizer import load_tokenizer
 from smolray.train.loop import LoopConfig, train_loop
+from smolray.train.validate import load_heldout
 
 
 def output_dir(recipe) -> str:
@@ -30,14 +31,17 @@ def log_dir(recipe) -> str:
 
 
 def build_trainer(recipe: Recipe, plan: DataPlan, stop_at_step: int | None = None,
-                  sample_log: str | None = None, max_failures: int = 0) -> TorchTrainer:
+                  sample_log: str | None = None, max_failures: int = 0,
+                  callbacks: list | None = None) -> TorchTrainer:
     tok = load_tokenizer(recipe.tokenizer)
+    heldout = load_heldout(recipe, tok) if recipe.eval.every_steps else {}
     cfg = LoopConfig(recipe=recipe, plan=plan, log_dir=log_dir(recipe), bos_id=tok.bos_token_id,
-                     eos_id=tok.eos_token_id, stop_at_step=stop_at_step, sample_log=sample_log)
-    return torch_trainer(train_loop, cfg, recipe, max_failures)
+                     eos_id=tok.eos_token_id, stop_at_step=stop_at_step, sample_log=sample_log,
+                     heldout=heldout)
+    return torch_trainer(train_loop, cfg, recipe, max_failures, callbacks)
 
 
-def torch_trainer(loop, cfg, recipe, max_failures: int = 0) -> TorchTrainer:
+def torch_trainer(loop, cfg, recipe, max_failures: int = 0, callbacks: list | None = None) -> TorchTrainer:
     """The TorchTrainer every objective runs on: `loop(cfg)` on each worker.
 
     `recipe` is any smolray recipe (pretraining or post-training): its name,
@@ -58,5 +62,6 @@ def torch_trainer(loop, cfg, recipe, max_failures: int = 0) -> TorchTrainer:
             checkpoint_config=CheckpointConfig(num_to_keep=recipe.checkpoint.keep),
             failure_config=FailureConfig(max_failures=max_failures),
             worker_runtime_env={"env_vars": env},
+            callbacks=callbacks or [],
         ),
     )

@@ -55,6 +55,15 @@ class SchedulerConfig(_Strict):
     reduction_factor: float = Field(default=2.0, gt=1)
 
 
+class RecommendConfig(_Strict):
+    """The regression over finished trials and the mixture it recommends."""
+
+    model: Literal["linear", "quadratic"] = "quadratic"
+    candidates: int = Field(default=100_000, gt=0)  # mixtures sampled and predicted
+    top_k: int = Field(default=100, gt=0)  # the recommendation is their mean
+    confirm: bool = True  # train the recommended mixture as one more trial
+
+
 class ResourcesConfig(_Strict):
     # Per trial; fractional CPUs let several tiny trials share a small box.
     cpus_per_trial: float = Field(default=1.0, gt=0)
@@ -69,11 +78,15 @@ class SweepConfig(_Strict):
     search: list[str] = Field(min_length=1)  # sources whose shares are searched
     fixed: dict[str, float] = Field(default_factory=dict)  # source -> fixed share in [0, 1]
     space: SpaceConfig
+    # Named mixtures over the searched sources trained beside the space's
+    # (e.g. uniform: {prose: 1, code: 1, math: 1}), as reference points.
+    baselines: dict[str, dict[str, float]] = Field(default_factory=dict)
     metric: str = "target_loss"
     mode: Literal["min", "max"] = "min"
     eval: EvalSpec = EvalSpec()
     scheduler: SchedulerConfig = SchedulerConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    recommend: RecommendConfig = RecommendConfig()
     output_dir: str = "outputs/sweeps"
 
     @model_validator(mode="after")
@@ -111,6 +124,14 @@ class SweepConfig(_Strict):
                                  "search two or more sources")
         elif sp.trials < 1:
             raise ValueError(f"space.trials={sp.trials}: a dirichlet space needs trials >= 1")
+        for name, m in self.baselines.items():
+            extra = sorted(set(m) - set(self.search))
+            if extra:
+                raise ValueError(f"baselines.{name} names {extra}, which are not in search "
+                                 f"{self.search}; a baseline weighs the searched sources")
+            if any(not math.isfinite(v) or v < 0 for v in m.values()) or sum(m.values()) <= 0:
+                raise ValueError(f"baselines.{name}={m}: give weights >= 0 with a positive sum over "
+                                 f"the searched sources {self.search}")
         if isinstance(sp.prior, dict):
             missing = sorted(set(self.search) - set(sp.prior))
             if missing or any(v <= 0 for v in sp.prior.values()):
@@ -119,4 +140,8 @@ class SweepConfig(_Strict):
         if self.metric == "target_loss" and not self.eval.target:
             raise ValueError("metric=target_loss needs eval.target, a mixture over held-out sources "
                              "(e.g. {code: 0.7, prose: 0.3}); set it or choose another metric")
+        if self.scheduler.kind == "asha" and not self.eval.every_steps:
+            raise ValueError("scheduler.kind=asha stops trials on intermediate evaluations, but "
+                             "eval.every_steps=0 scores only at the end; set eval.every_steps (e.g. "
+                             f"{self.scheduler.grace_period_steps}) or scheduler.kind=none")
         return self

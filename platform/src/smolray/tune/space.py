@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from smolray.recipe import Recipe, RecipeError, load_recipe
+from smolray.recipe import Recipe, RecipeError, load_recipe, recipe_from_dict
 from smolray.tune.config import SweepConfig
 
 
@@ -43,12 +45,49 @@ def mixtures(cfg: SweepConfig, tokens: dict[str, int]) -> list[dict[str, float]]
     return out
 
 
+def _flow(d: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v!r}" for k, v in d.items()) + "}"
+
+
+def _sets(cfg: SweepConfig) -> list[str]:
+    """The sweep's overrides, then its evaluation, on every trial."""
+    sets = list(cfg.set)
+    if cfg.eval.target:
+        sets.append(f"eval.target={_flow(cfg.eval.target)}")
+    # every_steps=0 means "only at the end": any period of at least the run's
+    # length scores exactly once, at the last step.
+    sets.append(f"eval.every_steps={cfg.eval.every_steps or cfg.budget_tokens}")
+    return sets
+
+
 def trial_recipe(cfg: SweepConfig, mixture: dict[str, float], name: str, output_dir: str) -> Recipe:
     """The base recipe with the sweep's overrides, the budget and this mixture."""
-    weights = "{" + ", ".join(f"{s}: {w!r}" for s, w in mixture.items()) + "}"
-    sets = list(cfg.set) + [f"name={name}", f"train.total_tokens={cfg.budget_tokens}",
-                            f"data.weights={weights}", f"run.output_dir={output_dir}"]
-    return load_recipe(cfg.recipe, sets)
+    sets = _sets(cfg) + [f"name={name}", f"train.total_tokens={cfg.budget_tokens}",
+                         f"data.weights={_flow(mixture)}", f"run.output_dir={output_dir}"]
+    cpus = cfg.resources.cpus_per_trial
+    base = load_recipe(cfg.recipe, sets)
+    # The trial's CPUs are split over its workers (fractions let tiny trials share a core).
+    sets.append(f"train.cpus_per_worker={cpus / base.train.num_workers!r}")
+    return absolute(load_recipe(cfg.recipe, sets))
+
+
+def absolute(recipe: Recipe) -> Recipe:
+    """The recipe with every local path made absolute.
+
+    Tune runs each trial in its own directory, and a recorded trial recipe
+    must mean the same files when rerun from anywhere with jobs/pretrain.py.
+    """
+    def fix(p: str) -> str:
+        return p if "://" in p or os.path.isabs(p) else os.path.abspath(p)
+
+    raw = recipe.model_dump(mode="json")
+    if os.path.exists(raw["tokenizer"]):  # else a hub name
+        raw["tokenizer"] = fix(raw["tokenizer"])
+    raw["run"]["output_dir"] = fix(raw["run"]["output_dir"])
+    for src in raw["data"]["sources"]:
+        src["shards"] = fix(src["shards"])
+        src["raw"] = [fix(p) for p in src["raw"]]
+    return recipe_from_dict(raw, source=f"recipe {recipe.name}")
 
 
 def check(cfg: SweepConfig, tokens: dict[str, int] | None = None) -> Recipe:
@@ -56,7 +95,7 @@ def check(cfg: SweepConfig, tokens: dict[str, int] | None = None) -> Recipe:
 
     Fails before launching on unknown sources and a budget below one step.
     """
-    base = load_recipe(cfg.recipe, list(cfg.set))
+    base = load_recipe(cfg.recipe, _sets(cfg))
     if base.data.stages is not None:
         raise RecipeError(f"recipe {cfg.recipe}: a sweep searches one mixture; give a base recipe "
                           "with data.weights (set: ['data.stages=null', 'data.weights={...}'])")

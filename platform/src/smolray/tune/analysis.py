@@ -1,0 +1,125 @@
+"""From a sweep's trial rows to its evidence: table, plots, recommendation.
+
+The regression sees only finished trials: a trial ASHA stopped was scored
+at an earlier step, so its loss is not comparable to the others'. It maps
+the searched sources' relative weights (the fixed shares are the same in
+every trial) to the metric, and recommends the mean of the best predicted
+mixtures drawn from the same distribution the space draws from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+from smolray.tune.config import SweepConfig
+from smolray.tune.regress import Recommendation, recommend
+from smolray.tune.report import plot_fit, plot_metric, write_table
+from smolray.tune.space import prior
+
+
+def candidates(cfg: SweepConfig, tokens: dict[str, int], n: int, seed: int = 1) -> np.ndarray:
+    """Mixtures over the searched sources (rows sum to 1) for the fit to rank."""
+    rng = np.random.default_rng(seed)
+    sp, base = cfg.space, prior(cfg, tokens)
+    if sp.kind == "dirichlet":
+        return rng.dirichlet(sp.concentration * len(cfg.search) * base, size=n)
+    if sp.kind == "grid":
+        # The grid's line: the first source's share, the rest split by the prior.
+        v = rng.uniform(min(sp.values), max(sp.values), size=(n, 1))
+        rest = base[1:] / base[1:].sum() if len(base) > 1 else base[1:]
+        return np.concatenate([v, (1 - v) * rest[None, :]], axis=1)
+    return rng.dirichlet(np.ones(len(cfg.search)), size=n)
+
+
+def searched(cfg: SweepConfig, row: dict) -> np.ndarray:
+    w = np.array([float(row[f"weight/{s}"]) for s in cfg.search])
+    return w / w.sum()
+
+
+def full_mixture(cfg: SweepConfig, rel: dict[str, float]) -> dict[str, float]:
+    """Relative weights over the searched sources -> the trial mixture with the fixed shares."""
+    free = 1.0 - sum(cfg.fixed.values())
+    mix = {**cfg.fixed, **{s: free * rel[s] for s in cfg.search}}
+    return {s: round(w, 6) for s, w in mix.items() if w > 0}
+
+
+def fit_rows(cfg: SweepConfig, rows: list[dict], tokens: dict[str, int]) -> tuple[Recommendation, list[dict]] | None:
+    """The recommendation over finished trials, or None when fewer than 3 finished."""
+    done = [r for r in rows if r["status"] == "finished" and math.isfinite(float(r[cfg.metric]))]
+    if len(done) < 3:
+        return None
+    w = np.stack([searched(cfg, r) for r in done])
+    y = np.array([float(r[cfg.metric]) for r in done])
+    rc = cfg.recommend
+    rec = recommend(w, y, list(cfg.search), candidates(cfg, tokens, rc.candidates), mode=cfg.mode,
+                    kind=rc.model, top_k=min(rc.top_k, rc.candidates))
+    return rec, done
+
+
+def best_row(cfg: SweepConfig, rows: list[dict]) -> dict | None:
+    done = [r for r in rows if r["status"] == "finished" and math.isfinite(float(r[cfg.metric]))]
+    if not done:
+        return None
+    return (min if cfg.mode == "min" else max)(done, key=lambda r: float(r[cfg.metric]))
+
+
+def write_report(cfg: SweepConfig, out: str, rows: list[dict], fitted, confirm: dict | None) -> dict:
+    """results.csv, metric.png, fit.png and recommendation.json; returns the summary."""
+    write_table(rows + ([confirm] if confirm else []), os.path.join(out, "results.csv"))
+    best = best_row(cfg, rows)
+    summary: dict = {"metric": cfg.metric, "mode": cfg.mode, "trials": len(rows),
+                     "finished": sum(r["status"] == "finished" for r in rows),
+                     "best_trial": _brief(cfg, best) if best else None,
+                     "baselines": {r["trial"]: _brief(cfg, r) for r in rows if r["trial"] in cfg.baselines}}
+    highlight = None
+    if fitted:
+        rec, done = fitted
+        summary["recommended"] = {
+            "mixture": full_mixture(cfg, rec.mixture), "predicted": rec.predicted,
+            "model": rec.kind, "fitted_on": rec.trials,
+            # Leave-one-out: how well the fit ranks trials it did not see.
+            "heldout_rank_corr": rec.rank_corr, "r2": rec.r2}
+        value, label = rec.predicted, "recommended (predicted)"
+        if confirm and math.isfinite(float(confirm.get(cfg.metric, float("nan")))):
+            summary["recommended"]["confirmed"] = float(confirm[cfg.metric])
+            value, label = float(confirm[cfg.metric]), "recommended (confirmed)"
+        weights = summary["recommended"]["mixture"]
+        highlight = {"weights": weights, "value": value, "label": label}
+        plot_fit(np.array([float(r[cfg.metric]) for r in done]), np.array(rec.loo_predicted),
+                 os.path.join(out, "fit.png"), cfg.metric, rec.rank_corr)
+    plot_metric(rows, list(cfg.search) + list(cfg.fixed), cfg.metric, os.path.join(out, "metric.png"),
+                cfg.mode, highlight)
+    with open(os.path.join(out, "recommendation.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def _brief(cfg: SweepConfig, row: dict) -> dict:
+    mix = {k.split("/", 1)[1]: v for k, v in row.items() if k.startswith("weight/") and float(v) > 0}
+    return {"trial": row["trial"], cfg.metric: float(row[cfg.metric]), "mixture": mix}
+
+
+def format_summary(cfg: SweepConfig, rows: list[dict], summary: dict) -> str:
+    m = cfg.metric
+    sources = list(cfg.search) + list(cfg.fixed)
+    lines = [f"{'trial':<10}" + "".join(f"{s:>9}" for s in sources) + f"{m:>14}{'step':>7}  status"]
+    for r in rows:
+        lines.append(f"{r['trial']:<10}" + "".join(f"{float(r[f'weight/{s}']):>9.3f}" for s in sources)
+                     + f"{float(r[m]):>14.4f}{r['step']:>7}  {r['status']}")
+    rec = summary.get("recommended")
+    if rec:
+        mix = ", ".join(f"{s} {w:.3f}" for s, w in rec["mixture"].items())
+        got = f", confirmed {rec['confirmed']:.4f}" if "confirmed" in rec else ""
+        lines.append(f"recommended: {mix}: predicted {m} {rec['predicted']:.4f}{got} "
+                     f"({rec['model']} fit on {rec['fitted_on']} trials, held-out rank correlation "
+                     f"{rec['heldout_rank_corr']:.2f})")
+    else:
+        lines.append("no recommendation: fewer than 3 trials finished")
+    if summary["best_trial"]:
+        b = summary["best_trial"]
+        lines.append(f"best trial: {b['trial']} {m} {b[m]:.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,154 @@
+"""A sweep's results as a table and as pictures a person can judge at a glance.
+
+Rows follow one convention: "trial", "weight/<source>" per source, and metric
+columns such as "target_loss", "tokens", "wall_s", "status". The table is the
+record; the plots show how the metric moves with each source's share and how
+well the mixture regression predicts trials it did not see.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from typing import Any
+
+import numpy as np
+# Figure plus the Agg canvas, not pyplot: no global figure registry to leak
+# into, and no backend switch forced on whoever imports this module.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 100
+
+
+def write_table(rows: list[dict], path: str) -> None:
+    """CSV of rows; columns are the union of keys in first-seen order, gaps left empty."""
+    cols: dict[str, None] = {}
+    for r in rows:
+        cols.update(dict.fromkeys(r))
+    tmp = path + ".tmp"
+    # Write beside the target and rename, so a crash never leaves half a table.
+    try:
+        with open(tmp, "w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=list(cols), restval="")
+            out.writeheader()
+            out.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _num(v: Any) -> float:
+    # Metrics come from live rows or from a CSV read back, so strings, None
+    # and blanks all turn up; anything that is not a finite number is missing.
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return x if math.isfinite(x) else math.nan
+
+
+def _save(fig: Figure, path: str) -> None:
+    FigureCanvasAgg(fig)
+    tmp = path + ".tmp"
+    fig.savefig(tmp, format="png", dpi=DPI)
+    os.replace(tmp, path)
+    # Drop the canvas's render buffers now rather than whenever the GC runs.
+    fig.clear()
+
+
+def plot_metric(
+    rows: list[dict],
+    sources: list[str],
+    metric: str,
+    path: str,
+    mode: str,
+    highlight: dict | None = None,
+) -> None:
+    """One panel per source: the metric against that source's share, best trial marked.
+
+    highlight, if given, is {"weights": {source: w}, "value": float, "label": str}
+    (usually the regression's recommendation) and is drawn as a star.
+    """
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    if not sources:
+        raise ValueError("plot_metric needs at least one source")
+    ys = np.array([_num(r.get(metric)) for r in rows], dtype=float)
+    ok = ~np.isnan(ys)
+    skipped = int((~ok).sum())
+    best = None
+    if ok.any():
+        masked = np.where(ok, ys, np.inf if mode == "min" else -np.inf)
+        best = int(np.argmin(masked) if mode == "min" else np.argmax(masked))
+
+    fig = Figure(figsize=(4 * len(sources), 3.5))
+    axes = fig.subplots(1, len(sources), squeeze=False)[0]
+    for ax, s in zip(axes, sources):
+        xs = np.array([_num(r.get(f"weight/{s}")) for r in rows], dtype=float)
+        keep = ok & ~np.isnan(xs)
+        ax.scatter(xs[keep], ys[keep], color="tab:blue", s=24, label="trials")
+        if best is not None and keep[best]:
+            ax.scatter(xs[best], ys[best], color="tab:red", s=60, zorder=3,
+                       label=f"best ({mode}): trial {rows[best].get('trial', best)}")
+        if highlight is not None and s in highlight.get("weights", {}):
+            ax.scatter(highlight["weights"][s], highlight["value"], marker="*", s=220,
+                       color="gold", edgecolors="black", zorder=4,
+                       label=highlight.get("label", "recommended"))
+        ax.set_xlabel(f"share of {s}")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    title = metric if not skipped else f"{metric} ({skipped} trial(s) without a value not shown)"
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_fit(
+    actual: np.ndarray, predicted: np.ndarray, path: str, metric: str, rank_corr: float
+) -> None:
+    """Leave-one-out predictions against actual values, with the y = x line."""
+    a = np.asarray(actual, dtype=float).ravel()
+    p = np.asarray(predicted, dtype=float).ravel()
+    if a.shape != p.shape:
+        raise ValueError(f"{a.size} actual values but {p.size} predictions")
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.subplots()
+    ax.scatter(a, p, color="tab:blue", s=24)
+    both = np.concatenate([a, p])
+    both = both[np.isfinite(both)]
+    if both.size:
+        lo, hi = float(both.min()), float(both.max())
+        pad = 0.05 * (hi - lo) or 0.05 * abs(hi) or 0.05
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", linestyle="--", label="y = x")
+        ax.legend(fontsize="small")
+    ax.set_xlabel(f"actual {metric}")
+    ax.set_ylabel(f"leave-one-out predicted {metric}")
+    ax.set_title(f"{metric}: held-out fit, Spearman {rank_corr:.3f}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_bars(rows: list[dict], columns: list[str], path: str) -> None:
+    """One bar panel per column, one bar per trial (annealing candidates side by side)."""
+    names = [str(r["trial"]) for r in rows]
+    fig = Figure(figsize=(max(4.0, 1.2 * len(names)) * len(columns) / 2 + 2, 3.5))
+    axes = fig.subplots(1, len(columns), squeeze=False)[0]
+    for ax, col in zip(axes, columns):
+        vals = [_num(r.get(col)) for r in rows]
+        ax.bar(names, [v if math.isfinite(v) else 0.0 for v in vals], color="tab:blue")
+        finite = [v for v in vals if math.isfinite(v)]
+        if finite:
+            lo, hi = min(finite), max(finite)
+            pad = 0.1 * (hi - lo) or 0.05 * abs(hi) or 0.05
+            ax.set_ylim(lo - pad, hi + pad)  # differences are small; a zero baseline hides them
+        ax.set_title(col, fontsize="small")
+        ax.tick_params(axis="x", labelrotation=30, labelsize="small")
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,155 @@
+"""Mixture sweeps end to end, and the held-out split they are judged on."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import PY, ROOT, SAMPLE, TINY, recipe_overrides
+
+
+def test_heldout_documents_never_reach_the_shards(corpus):
+    from smolray.data.raw import iter_texts
+    from smolray.data.tokenize import held_out
+
+    texts = list(iter_texts([str(SAMPLE / "code.jsonl")], "text"))
+    want = [t for t in texts if held_out(t, 0.1)]
+    m = corpus["manifests"]["code"]
+    got = pq.read_table(corpus["root"] / "code" / "heldout.parquet").column("text").to_pylist()
+    # Exactly the hashed tenth, in file order, and the shards hold every other document.
+    assert got == want and 0 < len(want) < len(texts) // 4
+    assert m.heldout_docs == len(want) and m.docs == len(texts) - len(want)
+    # The split depends on the text alone: the same document is held out wherever it appears.
+    assert held_out(want[0], 0.1) and not held_out(want[0], 0.0)
+
+
+def test_recipe_refuses_a_target_without_heldout_text(make_recipe):
+    from smolray.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match=r"eval.target names \['code'\], which hold out no documents; "
+                                          r"set data.sources.code.heldout_fraction"):
+        make_recipe("data.sources.code.heldout_fraction=0", "eval.target={code: 1}")
+    with pytest.raises(RecipeError, match="eval.every_steps=5 but no source holds out"):
+        make_recipe(*[f"data.sources.{n}.heldout_fraction=0" for n in ("prose", "code", "math")],
+                    "eval.every_steps=5")
+
+
+def test_bad_sweep_fails_before_any_cluster_work(tmp_path):
+    bad = yaml.safe_load((ROOT / "tune" / "tiny-mixture.yaml").read_text())
+    bad["budget_tokens"] = 100
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    res = subprocess.run([PY, "tune/mixture_sweep.py", "--config", str(path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert "budget_tokens=100 is less than one optimizer step" in res.stderr and "ray" not in res.stdout
+
+
+@pytest.fixture(scope="module")
+def sweep(head, corpus, tmp_path_factory):
+    """A 4-trial sweep (3 listed mixtures and a uniform baseline) with a confirmation trial."""
+    out = tmp_path_factory.mktemp("sweeps")
+    sets = recipe_overrides(corpus["tokenizer"], corpus["root"], out / "unused")
+    # The corpus's own raw paths: the sources are up to date, so nothing is re-tokenized.
+    sets += [f"data.sources.{n}.raw=[{SAMPLE / n}.jsonl]" for n in ("prose", "code", "math")]
+    sets += ["train.num_workers=1", "checkpoint.every_steps=4", "run.log_every_steps=2",
+             "schedule.warmup_steps=1", "eval.max_tokens=4096"]
+    cfg = {"name": "e2e", "recipe": str(TINY), "set": sets, "budget_tokens": 16384,  # 4 steps
+           "search": ["prose", "code", "math"],
+           "space": {"kind": "list", "mixtures": [{"prose": 0.8, "code": 0.1, "math": 0.1},
+                                                  {"prose": 0.1, "code": 0.8, "math": 0.1},
+                                                  {"prose": 0.1, "code": 0.1, "math": 0.8}]},
+           "baselines": {"uniform": {"prose": 1, "code": 1, "math": 1}},
+           "eval": {"target": {"code": 0.7, "prose": 0.3}, "every_steps": 2},
+           "scheduler": {"kind": "none"}, "resources": {"cpus_per_trial": 0.5, "max_concurrent": 2},
+           "output_dir": str(out)}
+    path = out / "e2e.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = ["python", "tune/mixture_sweep.py", "--config", str(path)]
+    first = head.submit(cmd, working_dir=str(ROOT), timeout=900, capture=True)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    table = (out / "e2e" / "results.csv").read_text()
+    # The same command again: every trial is done, so Tune restores and trains nothing.
+    again = head.submit(cmd, working_dir=str(ROOT), timeout=900, capture=True)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    return {"dir": out / "e2e", "stdout": first.stdout, "table": table,
+            "table_again": (out / "e2e" / "results.csv").read_text()}
+
+
+def _rows(d):
+    with open(d / "results.csv") as f:
+        return {r["trial"]: r for r in csv.DictReader(f)}
+
+
+def test_sweep_writes_one_row_per_trial_with_its_mixture_and_metrics(sweep):
+    from smolray.recipe import load_recipe
+
+    rows = _rows(sweep["dir"])
+    assert set(rows) == {"t00", "t01", "t02", "uniform", "confirm"}
+    for tid, r in rows.items():
+        assert r["status"] == "finished" and int(r["step"]) == 4 and int(r["tokens"]) == 16384
+        assert float(r["wall_s"]) > 0
+        # target_loss is the named mixture of the per-source held-out losses.
+        want = 0.7 * float(r["val/code/loss"]) + 0.3 * float(r["val/prose/loss"])
+        assert float(r["target_loss"]) == pytest.approx(want, rel=1e-9)
+        # The recorded recipe reruns the trial alone: same mixture, same budget.
+        recipe = load_recipe(r["recipe"])
+        assert recipe.train.total_tokens == 16384 and recipe.eval.target == {"code": 0.7, "prose": 0.3}
+        w = {s: float(r[f"weight/{s}"]) for s in ("prose", "code", "math")}
+        assert recipe.data.mixture == pytest.approx({s: v for s, v in w.items() if v > 0}, abs=1e-6)
+    assert float(rows["uniform"]["weight/code"]) == pytest.approx(1 / 3, abs=1e-6)
+    # More code in training, lower held-out code loss.
+    assert float(rows["t01"]["val/code/loss"]) < float(rows["t00"]["val/code/loss"])
+
+
+def test_sweep_regression_recommends_and_confirms_a_mixture(sweep):
+    d = sweep["dir"]
+    rec = json.loads((d / "recommendation.json").read_text())
+    r = rec["recommended"]
+    assert sum(r["mixture"].values()) == pytest.approx(1, abs=1e-5) and set(r["mixture"]) <= {"prose", "code", "math"}
+    # Four finished trials cannot fit the 6-term quadratic: the fit falls back to linear.
+    assert r["model"] == "linear" and r["fitted_on"] == 4 and -1 <= r["heldout_rank_corr"] <= 1
+    assert math.isfinite(r["predicted"])
+    confirm = _rows(d)["confirm"]
+    assert r["confirmed"] == pytest.approx(float(confirm["target_loss"]))
+    for w in ("prose", "code", "math"):
+        assert float(confirm[f"weight/{w}"]) == pytest.approx(r["mixture"].get(w, 0), abs=1e-6)
+    assert rec["best_trial"]["trial"] in {"t00", "t01", "t02", "uniform"}
+    assert rec["baselines"]["uniform"]["target_loss"] == pytest.approx(float(_rows(d)["uniform"]["target_loss"]))
+    for png in ("metric.png", "fit.png"):
+        data = (d / png).read_bytes()
+        assert data[:4] == b"\x89PNG" and len(data) > 5000
+    assert "recommended:" in sweep["stdout"] and "held-out rank correlation" in sweep["stdout"]
+
+
+def test_sweep_rerun_resumes_instead_of_retraining(sweep):
+    def metrics(table):
+        return {r["trial"]: r["target_loss"] for r in csv.DictReader(table.splitlines())}
+
+    assert metrics(sweep["table_again"]) == metrics(sweep["table"])
+    ckpts = sorted(p.name for p in (sweep["dir"] / "trials" / "t00" / "ray" / "e2e-t00").glob("step-*"))
+    assert ckpts == ["step-00000004"]
+
+
+def test_in_loop_validation_equals_offline_eval_of_the_checkpoint(sweep, tok, tmp_path):
+    """The loop's val/code/loss is the eval library's loss of the same weights on the same text."""
+    from smolray.eval.loss import text_loss
+    from smolray.recipe import load_recipe
+    from smolray.train.export import export_hf
+    from transformers import AutoModelForCausalLM
+
+    row = _rows(sweep["dir"])["t01"]
+    recipe = load_recipe(row["recipe"])
+    ckpt = sweep["dir"] / "trials" / "t01" / "ray" / "e2e-t01" / "step-00000004"
+    model = AutoModelForCausalLM.from_pretrained(export_hf(str(ckpt), recipe, str(tmp_path / "export"))).eval()
+    texts = pq.read_table(recipe.data.source("code").shards + "/heldout.parquet").column("text").to_pylist()
+    got = text_loss(model, tok, texts, recipe.data.seq_len, max_tokens=recipe.eval.max_tokens)
+    assert float(row["val/code/loss"]) == pytest.approx(got["loss"], rel=1e-4)
+    assert float(row["val/code/bpb"]) == pytest.approx(got["bpb"], rel=1e-4)
