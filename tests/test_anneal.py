@@ -87,3 +87,17 @@ def test_anneal_ablation_runs_candidates_and_compares_them(head, base_run):
     assert (d / "anneal.png").read_bytes()[:4] == b"\x89PNG"
     ckpts = sorted(p.name for p in (d / "trials" / "math" / "ray" / "abl-math").glob("step-*"))
     assert ckpts == ["step-00000006"]
+    # Started from the checkpoint, not from scratch: the run logged no step before 5.
+    logged = [json.loads(line)["step"] for line in (d / "trials" / "math" / "logs" / "metrics.jsonl").open()]
+    assert logged == [6]
+
+
+def test_only_pretraining_branches_with_init_from(monkeypatch):
+    from smolray.recipe import RecipeError, load_recipe
+    from smolray.recipe.post import SFTRecipe
+
+    monkeypatch.chdir(ROOT)
+    assert load_recipe(TINY, ["run.init_from=/ckpt/step-00000004"]).run.init_from == "/ckpt/step-00000004"
+    # Post-training starts from `init`; a stray init_from must not be silently ignored.
+    with pytest.raises(RecipeError, match=r"run.init_from: unknown key"):
+        load_recipe(ROOT / "recipes" / "tiny-sft.yaml", ["run.init_from=/ckpt"], cls=SFTRecipe)

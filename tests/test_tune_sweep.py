@@ -134,6 +134,8 @@ def test_sweep_rerun_resumes_instead_of_retraining(sweep):
         return {r["trial"]: r["target_loss"] for r in csv.DictReader(table.splitlines())}
 
     assert metrics(sweep["table_again"]) == metrics(sweep["table"])
+    # Wall times included: a retrained trial would report a new time_total_s.
+    assert sweep["table_again"] == sweep["table"]
     ckpts = sorted(p.name for p in (sweep["dir"] / "trials" / "t00" / "ray" / "e2e-t00").glob("step-*"))
     assert ckpts == ["step-00000004"]
 

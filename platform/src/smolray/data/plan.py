@@ -156,6 +156,14 @@ class DataPlan:
         return {**where, "tokens": tokens, "doc": doc, "offset": offset}
 
 
+def heldout_mismatch(src, m: Manifest) -> str | None:
+    """Why a source's shards do not match its recipe's held-out split, if they do not."""
+    if m.heldout_fraction == src.heldout_fraction:
+        return None
+    return (f"data.sources.{src.name}.heldout_fraction={src.heldout_fraction}, but its shards were "
+            f"cut with {m.heldout_fraction}; re-run jobs/tokenize.py with this recipe")
+
+
 def build_plan(recipe: Recipe, manifests: dict[str, Manifest] | None = None,
                tokenizer_fingerprint: str | None = None) -> DataPlan:
     """Check the recipe against the tokenized sources and freeze the plan.
@@ -188,11 +196,9 @@ def build_plan(recipe: Recipe, manifests: dict[str, Manifest] | None = None,
                 f"data.sources.{name}.shards={src.shards!r}: tokenized with a different tokenizer "
                 f"({m.tokenizer}) than recipe.tokenizer ({tokenizer_fingerprint}); re-run "
                 "jobs/tokenize.py with this recipe")
-        if m.heldout_fraction != src.heldout_fraction:
+        if (wrong := heldout_mismatch(src, m)):
             # Otherwise the shards may hold documents the recipe means to validate on.
-            problems.append(
-                f"data.sources.{name}.heldout_fraction={src.heldout_fraction}, but its shards were "
-                f"cut with {m.heldout_fraction}; re-run jobs/tokenize.py with this recipe")
+            problems.append(wrong)
         if m.dtype != token_dtype(recipe.model.vocab_size) and recipe.model.vocab_size > 1 << 16:
             problems.append(f"data.sources.{name}: {m.dtype} shards cannot hold vocab "
                             f"{recipe.model.vocab_size}; re-tokenize")

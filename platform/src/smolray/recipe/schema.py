@@ -234,10 +234,14 @@ class RunSettings(_Strict):
     # local path (absolute, or relative to the working directory) or a URI.
     output_dir: str
     log_every_steps: int = Field(default=10, gt=0)
+
+
+class PretrainRunSettings(RunSettings):
     # Branch from another run: with no checkpoint of its own yet, the run
     # starts from this one (weights, optimizer, data position). The stages that
     # checkpoint has trained must be unchanged; later ones may differ (an
-    # annealing ablation adds a decay stage on a new mixture).
+    # annealing ablation adds a decay stage on a new mixture). Post-training
+    # starts from `init` instead, so only pretraining has this field.
     init_from: str | None = None
 
 
@@ -264,7 +268,7 @@ class Recipe(_Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     export: ExportConfig = ExportConfig()
     eval: EvalSettings = EvalSettings()
-    run: RunSettings
+    run: PretrainRunSettings
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:

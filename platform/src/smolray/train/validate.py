@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from smolray.data.plan import heldout_mismatch
 from smolray.data.raw import iter_texts
 from smolray.data.shards import HELDOUT, ShardError, join, read_manifest
 from smolray.eval.loss import Windows, mixture_loss, summarize, window_nll, windows
@@ -31,9 +32,8 @@ def load_heldout(recipe: Recipe, tok) -> dict[str, Windows]:
             m = read_manifest(src.shards)
         except ShardError as e:
             raise ShardError(f"data.sources.{name}.shards={src.shards!r}: {e}") from None
-        if m.heldout_fraction != src.heldout_fraction:
-            raise ShardError(f"data.sources.{name}.heldout_fraction={src.heldout_fraction}, but it was "
-                             f"tokenized with {m.heldout_fraction}; re-run jobs/tokenize.py with this recipe")
+        if (wrong := heldout_mismatch(src, m)):
+            raise ShardError(wrong)
         # A byte bound keeps a large validation file from being read whole.
         texts = iter_texts([heldout_uri(src.shards)], src.text_field, max_bytes=64 * recipe.eval.max_tokens)
         out[name] = windows(tok, texts, recipe.data.seq_len, recipe.eval.max_tokens)

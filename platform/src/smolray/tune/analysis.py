@@ -47,9 +47,14 @@ def full_mixture(cfg: SweepConfig, rel: dict[str, float]) -> dict[str, float]:
     return {s: round(w, 6) for s, w in mix.items() if w > 0}
 
 
+def _finished(cfg: SweepConfig, rows: list[dict]) -> list[dict]:
+    """Trials trained to the full budget: the only ones comparable with each other."""
+    return [r for r in rows if r["status"] == "finished" and math.isfinite(float(r[cfg.metric]))]
+
+
 def fit_rows(cfg: SweepConfig, rows: list[dict], tokens: dict[str, int]) -> tuple[Recommendation, list[dict]] | None:
     """The recommendation over finished trials, or None when fewer than 3 finished."""
-    done = [r for r in rows if r["status"] == "finished" and math.isfinite(float(r[cfg.metric]))]
+    done = _finished(cfg, rows)
     if len(done) < 3:
         return None
     w = np.stack([searched(cfg, r) for r in done])
@@ -61,7 +66,7 @@ def fit_rows(cfg: SweepConfig, rows: list[dict], tokens: dict[str, int]) -> tupl
 
 
 def best_row(cfg: SweepConfig, rows: list[dict]) -> dict | None:
-    done = [r for r in rows if r["status"] == "finished" and math.isfinite(float(r[cfg.metric]))]
+    done = _finished(cfg, rows)
     if not done:
         return None
     return (min if cfg.mode == "min" else max)(done, key=lambda r: float(r[cfg.metric]))

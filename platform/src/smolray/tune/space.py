@@ -100,8 +100,8 @@ def check(cfg: SweepConfig, tokens: dict[str, int] | None = None) -> Recipe:
         raise RecipeError(f"recipe {cfg.recipe}: a sweep searches one mixture; give a base recipe "
                           "with data.weights (set: ['data.stages=null', 'data.weights={...}'])")
     known = {s.name for s in base.data.sources}
-    for field, names in (("search", cfg.search), ("fixed", list(cfg.fixed)),
-                         ("eval.target", list(cfg.eval.target))):
+    # eval.target was checked by the recipe itself, which _sets carries it into.
+    for field, names in (("search", cfg.search), ("fixed", list(cfg.fixed))):
         unknown = sorted(set(names) - known)
         if unknown:
             raise RecipeError(f"{field} names {unknown}, which the recipe {cfg.recipe} does not have; "
