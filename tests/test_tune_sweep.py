@@ -155,3 +155,64 @@ def test_in_loop_validation_equals_offline_eval_of_the_checkpoint(sweep, tok, tm
     got = text_loss(model, tok, texts, recipe.data.seq_len, max_tokens=recipe.eval.max_tokens)
     assert float(row["val/code/loss"]) == pytest.approx(got["loss"], rel=1e-4)
     assert float(row["val/code/bpb"]) == pytest.approx(got["bpb"], rel=1e-4)
+
+
+def test_sweep_stopped_mid_trial_resumes_from_the_checkpoints(head, corpus, tmp_path):
+    """`ray job stop` in the middle of a trial; the same command again finishes it from its checkpoint."""
+    import os
+    import time
+
+    sets = recipe_overrides(corpus["tokenizer"], corpus["root"], tmp_path / "unused")
+    sets += [f"data.sources.{n}.raw=[{SAMPLE / n}.jsonl]" for n in ("prose", "code", "math")]
+    sets += ["train.num_workers=1", "checkpoint.every_steps=2", "run.log_every_steps=1",
+             "schedule.warmup_steps=1", "eval.max_tokens=2048"]
+    steps = 12
+    cfg = {"name": "cut", "recipe": str(TINY), "set": sets, "budget_tokens": 4096 * steps,
+           "search": ["prose", "code"], "fixed": {"math": 0.1},
+           "space": {"kind": "list", "mixtures": [{"prose": 0.5, "code": 0.5}, {"prose": 0.2, "code": 0.8}]},
+           "eval": {"target": {"code": 1.0}, "every_steps": 6}, "scheduler": {"kind": "none"},
+           "resources": {"cpus_per_trial": 0.5, "max_concurrent": 2}, "recommend": {"confirm": False},
+           "output_dir": str(tmp_path)}
+    path = tmp_path / "cut.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    d = tmp_path / "cut"
+    cmd = ["python", "tune/mixture_sweep.py", "--config", str(path)]
+    ray = [os.path.join(os.path.dirname(PY), "ray"), "job"]
+    addr = f"--address={head.dashboard_url}"
+
+    def logged(tid):
+        log = d / "trials" / tid / "logs" / "metrics.jsonl"
+        return [json.loads(line)["step"] for line in log.open()] if log.exists() else []
+
+    subprocess.run([*ray, "submit", addr, "--no-wait", "--submission-id=cut-1", f"--working-dir={ROOT}",
+                    "--", *cmd], env=head.env, check=True, capture_output=True, timeout=120)
+    # Stop once some trial has persisted its step-4 checkpoint (so step 2's is registered too).
+    cut, deadline = None, time.monotonic() + 600
+    while cut is None and time.monotonic() < deadline:
+        cut = next((t for t in ("t00", "t01")
+                    if (d / "trials" / t / "ray" / f"cut-{t}" / "step-00000004").is_dir()), None)
+        time.sleep(0.2)
+    assert cut, "no trial reached its step-4 checkpoint"
+    subprocess.run([*ray, "stop", addr, "cut-1"], env=head.env, check=True, capture_output=True, timeout=120)
+    status = subprocess.run([*ray, "status", addr, "cut-1"], env=head.env, capture_output=True, text=True,
+                            timeout=60)
+    before = logged(cut)
+    assert "was stopped" in status.stdout, status.stdout
+    assert not (d / "results.csv").exists()
+    assert before and max(before) < steps, f"{cut} was not stopped mid-trial: {before}"
+
+    again = head.submit(cmd, working_dir=str(ROOT), timeout=900, capture=True)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    rows = _rows(d)
+    assert {r["status"] for r in rows.values()} == {"finished"} and set(rows) == {"t00", "t01"}
+    assert all(int(r["step"]) == steps and int(r["tokens"]) == 4096 * steps for r in rows.values())
+    # The stopped trial went on from a checkpoint, not from scratch. The newest
+    # checkpoint directory may not be registered yet when the job dies (Ray
+    # Train records it after the upload), so the resume point is the latest
+    # registered one: an even step, and the steps up to it were trained once.
+    after = logged(cut)
+    assert after[:len(before)] == before and after[-1] == steps
+    resumed_from = after[len(before)] - 1
+    assert 2 <= resumed_from <= max(before) and resumed_from % 2 == 0, (before, after)
+    assert all(after.count(s) == 1 for s in range(1, resumed_from + 1)), after
+    assert after[len(before):] == list(range(resumed_from + 1, steps + 1))
