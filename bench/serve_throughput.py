@@ -1,0 +1,201 @@
+"""Serving throughput: the smolray endpoint (Ray Serve) against vLLM's own OpenAI server.
+
+    python bench/serve_throughput.py [--model DIR] [--streams 16] [--output-tokens 128]
+
+One run starts each server in turn on the same model and machine and sends
+the same load to both: --rounds waves of --streams concurrent streaming
+completions through the official `openai` client, every prompt exactly
+--prompt-tokens token ids and every reply exactly --output-tokens tokens
+(min_tokens = max_tokens, ignore_eos). Reports output tokens/s over the
+waves and the median and p90 time to first token, for:
+  bare      python -m vllm.entrypoints.openai.api_server (no Ray at all)
+  serve     smolray.serve.app:build_app on Ray Serve: HTTP proxy, the
+            bearer-key ingress and an LLMServer replica in front of vLLM
+and the ratio serve / bare. Without --model a tiny random Llama is built in
+a temporary folder (vocabulary 1024, 2 layers, hidden 128).
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "outputs" / "bench"
+SAMPLE = ROOT / "data" / "sample"
+
+
+def tiny_model(out: Path) -> str:
+    """A random Llama (head_dim 32: vLLM's CPU attention needs >= 32) with its tokenizer."""
+    from smolray.data.raw import iter_texts
+    from smolray.model import build_model
+    from smolray.recipe import ModelConfig
+    from smolray.tokenizer import train_bpe
+
+    texts = (t for n in ("prose", "code", "math")
+             for t in iter_texts([str(SAMPLE / f"{n}.jsonl")], "text", 400_000))
+    tok = train_bpe(texts, vocab_size=1024, out_dir=out, model_max_length=512)
+    cfg = ModelConfig(vocab_size=1024, hidden_size=128, intermediate_size=256, num_layers=2,
+                      num_heads=4, num_kv_heads=2, max_position_embeddings=512)
+    # train_bpe has already written the tokenizer into `out`.
+    build_model(cfg, seed=0, bos_id=tok.bos_token_id, eos_id=tok.eos_token_id).save_pretrained(out)
+    return str(out)
+
+
+def prompts(model: str, n: int, length: int) -> list[list[int]]:
+    """Random token ids: distinct per request, so no request reuses another's prefix cache."""
+    vocab, rng = json.loads((Path(model) / "config.json").read_text())["vocab_size"], random.Random(0)
+    # Ids below 17 are smolray's special tokens; a prompt of them would not be text.
+    return [[rng.randrange(32, vocab) for _ in range(length)] for _ in range(n)]
+
+
+async def one(client, model: str, prompt: list[int], out_tokens: int) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    ttft, tokens = None, 0
+    stream = await client.completions.create(
+        model=model, prompt=prompt, max_tokens=out_tokens, temperature=0.8, stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"min_tokens": out_tokens, "ignore_eos": True})
+    async for chunk in stream:
+        # The first chunk with a choice, even an empty one: a token that ends
+        # mid-character decodes to no text but was still generated.
+        if ttft is None and chunk.choices:
+            ttft = time.perf_counter() - t0
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+    return ttft if ttft is not None else float("nan"), tokens
+
+
+async def load(base_url: str, key: str, model: str, waves: list[list[list[int]]], out_tokens: int) -> dict:
+    from openai import AsyncOpenAI
+
+    async with AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=600) as client:
+        # An untimed wave of its own prompts: the first batch pays for lazy
+        # allocations in the engine, and no timed prompt is in the prefix cache.
+        await asyncio.gather(*(one(client, model, p, 8) for p in waves[0]))
+        t0, results = time.perf_counter(), []
+        for wave in waves[1:]:
+            results += await asyncio.gather(*(one(client, model, p, out_tokens) for p in wave))
+        wall = time.perf_counter() - t0
+    ttfts, tokens = sorted(r[0] for r in results), sum(r[1] for r in results)
+    pick = lambda q: ttfts[min(len(ttfts) - 1, int(q * len(ttfts)))]  # noqa: E731
+    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
+            "ttft_p50_s": pick(0.5), "ttft_p90_s": pick(0.9), "ttft_s": [r[0] for r in results]}
+
+
+async def wait_ready(base_url: str, key: str, model: str, proc=None, limit_s: float = 600) -> None:
+    from openai import AsyncOpenAI
+
+    deadline = time.monotonic() + limit_s
+    async with AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=30) as client:
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"the vLLM server exited with {proc.returncode} before it was ready")
+            try:
+                await client.completions.create(model=model, prompt=[40, 41], max_tokens=1)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(1)
+
+
+def bare(args, model: str, key: str, waves) -> dict:
+    port = args.port + 1
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+           "--served-model-name", "bench", "--dtype", "float32", "--enforce-eager",
+           "--kv-cache-memory-bytes", str(args.kv_cache_mb << 20), "--host", "127.0.0.1",
+           "--port", str(port), f"--api-key={key}"]  # with "=": a key may start with "-"
+    log = open(OUT / "serve_throughput.vllm.log", "w")
+    # Its own session, so stopping it takes its engine process along.
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        asyncio.run(wait_ready(url := f"http://127.0.0.1:{port}/v1", key, "bench", proc))
+        return asyncio.run(load(url, key, "bench", waves, args.output_tokens))
+    finally:
+        try:
+            os.killpg(proc.pid, 15)
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass  # the server already exited; its error is in the log
+        log.close()
+
+
+def ray_serve(args, model: str, key: str, waves) -> dict:
+    import ray
+    from ray import serve
+
+    from smolray.serve.app import build_app
+
+    os.environ["SMOLRAY_API_KEY"] = key
+    # address="local": never attach to a cluster another process left running.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        app = build_app({"device": "cpu", "api_key_env": "SMOLRAY_API_KEY", "kv_cache_mb": args.kv_cache_mb,
+                         "cpus_per_replica": args.cpus_per_replica,
+                         "models": [{"id": "bench", "source": model,
+                                     "replicas": {"min_replicas": 1, "max_replicas": 1}}]})
+        serve.run(app, name="bench", route_prefix="/")
+        asyncio.run(wait_ready(url := f"http://127.0.0.1:{args.port}/v1", key, "bench"))
+        return asyncio.run(load(url, key, "bench", waves, args.output_tokens))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="a Hugging Face model folder, e.g. outputs/demo/run/export")
+    p.add_argument("--streams", type=int, default=16, help="concurrent streaming completions per wave")
+    p.add_argument("--rounds", type=int, default=3, help="timed waves")
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--output-tokens", type=int, default=128)
+    p.add_argument("--kv-cache-mb", type=int, default=256)
+    p.add_argument("--cpus-per-replica", type=int, default=1, help="as serving/tiny-cpu.yaml books")
+    p.add_argument("--port", type=int, default=8321, help="Serve's port; the bare server uses the next one")
+    args = p.parse_args()
+    # Ray's logging setup would print every client request.
+    for name in ("httpx", "httpx2"):  # the openai client's transport, by version
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.TemporaryDirectory(prefix="serve-bench-")
+    os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(tmp.name, "vllm-cache"))
+    model = os.path.abspath(args.model) if args.model else tiny_model(Path(tmp.name) / "model")
+    key = secrets.token_urlsafe(24)
+    ids = prompts(model, args.streams * (args.rounds + 1), args.prompt_tokens)
+    waves = [ids[i * args.streams:(i + 1) * args.streams] for i in range(args.rounds + 1)]
+
+    # One engine at a time: two would share the two cores and both look slow.
+    results = {"bare": bare(args, model, key, waves), "serve": ray_serve(args, model, key, waves)}
+
+    want = args.streams * args.rounds * args.output_tokens
+    print(f"\n{args.rounds} x {args.streams} streams, {args.prompt_tokens} prompt + "
+          f"{args.output_tokens} output tokens each")
+    print(f"{'server':<8}{'tokens':>8}{'tokens/s':>11}{'TTFT p50':>10}{'TTFT p90':>10}")
+    for name, r in results.items():
+        note = "" if r["tokens"] == want else f"  (expected {want} tokens)"
+        print(f"{name:<8}{r['tokens']:>8}{r['tokens_per_s']:>11,.1f}{r['ttft_p50_s']:>9.3f}s"
+              f"{r['ttft_p90_s']:>9.3f}s{note}")
+    b, s = results["bare"], results["serve"]
+    print(f"serve / bare: tokens/s {s['tokens_per_s'] / b['tokens_per_s']:.2f}, "
+          f"TTFT p50 {s['ttft_p50_s'] / b['ttft_p50_s']:.2f}, p90 {s['ttft_p90_s'] / b['ttft_p90_s']:.2f}")
+    (OUT / "serve_throughput.json").write_text(json.dumps(
+        {"args": vars(args), "model": args.model or "tiny random Llama", "cpus": os.cpu_count(),
+         "results": results}, indent=2))
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
