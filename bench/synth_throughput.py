@@ -52,10 +52,12 @@ def offline(args) -> dict:
     """Runs in the child process: engine start, then one generate() over every prompt."""
     from vllm import LLM, SamplingParams
 
+    from smolray.serve.config import engine_kwargs
+
     prompts = json.loads(Path(args.prompts_file).read_text())
     t0 = time.perf_counter()
-    llm = LLM(model=args.model, dtype="float32", enforce_eager=True,
-              kv_cache_memory_bytes=args.kv_cache_mb << 20)
+    # The same engine arguments the synth job gives ray.data.llm.
+    llm = LLM(model=args.model, **engine_kwargs("cpu", "auto", None, args.kv_cache_mb))
     t1 = time.perf_counter()
     params = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=args.output_tokens,
                             min_tokens=args.output_tokens)

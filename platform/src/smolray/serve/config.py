@@ -84,20 +84,26 @@ def resolve_source(source: str, field: str) -> str:
                      "model first (make demo writes outputs/demo/run/export) or give a hub id")
 
 
+def engine_kwargs(device: str, dtype: str, max_model_len: int | None, kv_cache_mb: int) -> dict[str, Any]:
+    """vLLM engine arguments for a device: the endpoint, the synth job and the benchmarks use these."""
+    cpu = device == "cpu"
+    engine: dict[str, Any] = {"dtype": dtype if dtype != "auto" else ("float32" if cpu else "bfloat16")}
+    if max_model_len:
+        engine["max_model_len"] = max_model_len
+    if cpu:
+        # bf16 on CPU crashed workers (AMX before the kernel grants it); CUDA
+        # graph capture does not exist on CPU and torch.compile costs 40 s;
+        # without an explicit size vLLM books a share of host memory.
+        engine.update(enforce_eager=True, kv_cache_memory_bytes=kv_cache_mb << 20)
+    return engine
+
+
 def llm_config(cfg: ServeConfig, m: ModelSpec, field: str):
     """The ray.serve.llm LLMConfig for one model."""
     from ray.serve.llm import LLMConfig
 
     cpu = cfg.device == "cpu"
-    dtype = m.dtype if m.dtype != "auto" else ("float32" if cpu else "bfloat16")
-    engine: dict[str, Any] = {"dtype": dtype}
-    if m.max_model_len:
-        engine["max_model_len"] = m.max_model_len
-    if cpu:
-        # bf16 on CPU crashed workers (AMX before the kernel grants it); CUDA
-        # graph capture does not exist on CPU and torch.compile costs 40 s.
-        engine.update(enforce_eager=True, kv_cache_memory_bytes=cfg.kv_cache_mb << 20)
-    engine.update(m.engine)
+    engine = {**engine_kwargs(cfg.device, m.dtype, m.max_model_len, cfg.kv_cache_mb), **m.engine}
     autoscaling = m.replicas.model_dump()
     autoscaling["initial_replicas"] = max(1, m.replicas.min_replicas)
     deployment: dict[str, Any] = {"autoscaling_config": autoscaling}

@@ -51,17 +51,17 @@ def plan(cfg: SynthConfig) -> tuple[list[dict], int]:
         return [{**{k: v for k, v in asdict(p).items() if k != "text"}, "instruction": p.text,
                  "template": TEMPLATE} for p in prompts], 0
     a = cfg.annotate
-    rows, seen = [], set()
+    rows, seen, dup = [], set(), 0
     for text in _texts(a.docs, "annotate.docs.raw"):
         text = text[: a.docs.max_chars]
         i = doc_id(text)
         if i in seen:
+            dup += 1
             continue
         seen.add(i)
         rows.append({"id": i, "doc": text, "instruction": rubric_prompt(text), "template": RUBRIC})
         if a.limit and len(rows) == a.limit:
             break
-    dup = 0 if a.limit else sum(1 for _ in _texts(a.docs, "annotate.docs.raw")) - len(rows)
     return rows, dup
 
 
@@ -102,15 +102,12 @@ def processor(cfg: SynthConfig):
     """The ray.data.llm pipeline: chat template, tokenize, vLLM engine, detokenize."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
+    from smolray.serve.config import engine_kwargs
+
     m, s = cfg.model, cfg.sampling
-    cpu = m.device == "cpu"
-    engine = {"dtype": m.dtype if m.dtype != "auto" else ("float32" if cpu else "bfloat16")}
-    if m.max_model_len:
-        engine["max_model_len"] = m.max_model_len
-    extra = {}
-    if cpu:
-        engine.update(enforce_eager=True, kv_cache_memory_bytes=m.kv_cache_mb << 20)
-        extra["placement_group_config"] = {"bundles": [{"CPU": 1}]}
+    engine = engine_kwargs(m.device, m.dtype, m.max_model_len, m.kv_cache_mb)
+    # On CPU the engine stage books one core instead of Ray Data's default GPU.
+    extra = {"placement_group_config": {"bundles": [{"CPU": 1}]}} if m.device == "cpu" else {}
     config = vLLMEngineProcessorConfig(
         model_source=m.source, engine_kwargs=engine, batch_size=m.batch_size, concurrency=m.concurrency,
         max_concurrent_batches=m.max_concurrent_batches,
