@@ -216,3 +216,42 @@ def test_sweep_stopped_mid_trial_resumes_from_the_checkpoints(head, corpus, tmp_
     assert 2 <= resumed_from <= max(before) and resumed_from % 2 == 0, (before, after)
     assert all(after.count(s) == 1 for s in range(1, resumed_from + 1)), after
     assert after[len(before):] == list(range(resumed_from + 1, steps + 1))
+
+
+def test_asha_stops_the_mixture_that_falls_behind(head, corpus, tmp_path):
+    """One trial at a time makes ASHA's decision deterministic: the second
+    trial meets the first at the step-4 rung, and the prose-heavy mixture is
+    worse on a code target, so it is stopped there and left out of the fit."""
+    sets = recipe_overrides(corpus["tokenizer"], corpus["root"], tmp_path / "unused")
+    sets += [f"data.sources.{n}.raw=[{SAMPLE / n}.jsonl]" for n in ("prose", "code", "math")]
+    sets += ["train.num_workers=1", "checkpoint.every_steps=16", "run.log_every_steps=2",
+             "schedule.warmup_steps=1", "eval.max_tokens=2048"]
+    cfg = {"name": "asha", "recipe": str(TINY), "set": sets, "budget_tokens": 4096 * 16,
+           "search": ["prose", "code", "math"],
+           "space": {"kind": "list", "mixtures": [{"prose": 0.05, "code": 0.9, "math": 0.05},
+                                                  {"prose": 0.9, "code": 0.05, "math": 0.05}]},
+           "eval": {"target": {"code": 1.0}, "every_steps": 4},
+           "scheduler": {"kind": "asha", "grace_period_steps": 4, "reduction_factor": 2},
+           "resources": {"cpus_per_trial": 0.5, "max_concurrent": 1}, "recommend": {"confirm": False},
+           "output_dir": str(tmp_path)}
+    path = tmp_path / "asha.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = head.submit(["python", "tune/mixture_sweep.py", "--config", str(path)], working_dir=str(ROOT),
+                      timeout=900, capture=True)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    rows = _rows(tmp_path / "asha")
+    assert rows["t00"]["status"] == "finished" and int(rows["t00"]["tokens"]) == 4096 * 16
+    assert rows["t01"]["status"].startswith("stopped at step") and int(rows["t01"]["tokens"]) < 4096 * 16
+    # Both were scored at the rung, and the stopped one lost there.
+    def logged(tid):
+        log = tmp_path / "asha" / "trials" / tid / "logs" / "metrics.jsonl"
+        return {r["step"]: r for r in map(json.loads, log.open())}
+
+    first, second = logged("t00"), logged("t01")
+    # The stop reaches the training workers a step or two after the rung (it
+    # is asynchronous), far from the end.
+    assert int(rows["t01"]["eval_step"]) == 4 and 4 <= max(second) < 16
+    assert second[4]["target_loss"] == pytest.approx(float(rows["t01"]["target_loss"]))
+    assert second[4]["target_loss"] > first[4]["target_loss"]
+    rec = json.loads((tmp_path / "asha" / "recommendation.json").read_text())
+    assert rec["finished"] == 1 and rec["best_trial"]["trial"] == "t00"
