@@ -146,6 +146,20 @@ def _rows() -> list[dict]:
     return rows
 
 
+def test_plotted_points_keep_early_stopped_trials_apart():
+    from smolray.tune.report import metric_points
+
+    rows = [{"trial": "a", "weight/code": 0.8, "loss": 2.0, "status": "finished"},
+            {"trial": "b", "weight/code": 0.2, "loss": 3.0, "status": "finished"},
+            {"trial": "c", "weight/code": 0.5, "loss": 4.0, "status": "stopped at step 4"},
+            {"trial": "d", "weight/code": 0.6, "loss": "", "status": "finished"},  # never scored
+            {"trial": "e", "weight/code": 0.4, "loss": 2.5}]  # no status: a finished row
+    pts = metric_points(rows, "code", "loss")
+    # Finished trials in order of the share (what a grid sweep's line joins).
+    assert pts["finished"][0].tolist() == [0.2, 0.4, 0.8] and pts["finished"][1].tolist() == [3.0, 2.5, 2.0]
+    assert pts["early"][0].tolist() == [0.5] and pts["early"][1].tolist() == [4.0]
+
+
 def _is_png(path) -> bool:
     data = path.read_bytes()
     return len(data) > 100 and data.startswith(b"\x89PNG")
@@ -159,6 +173,10 @@ def test_plots_are_pngs(tmp_path):
     assert _is_png(out)
     plot_metric(rows, NAMES, "target_loss", str(tmp_path / "plain.png"), "max")
     assert _is_png(tmp_path / "plain.png")
+
+    rows[0]["status"], rows[1]["status"] = "stopped at step 4", "finished"
+    plot_metric(rows, NAMES, "target_loss", str(tmp_path / "line.png"), "min", line=True)
+    assert _is_png(tmp_path / "line.png")
 
     w, y = trials()
     loo = loo_predictions(w, y, NAMES)

@@ -97,7 +97,7 @@ def write_report(cfg: SweepConfig, out: str, rows: list[dict], fitted, confirm: 
         plot_fit(np.array([float(r[cfg.metric]) for r in done]), np.array(rec.loo_predicted),
                  os.path.join(out, "fit.png"), cfg.metric, rec.rank_corr)
     plot_metric(rows, list(cfg.search) + list(cfg.fixed), cfg.metric, os.path.join(out, "metric.png"),
-                cfg.mode, highlight)
+                cfg.mode, highlight, line=cfg.space.kind == "grid")
     with open(os.path.join(out, "recommendation.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary

@@ -60,6 +60,24 @@ def _save(fig: Figure, path: str) -> None:
     fig.clear()
 
 
+def _finished(row: dict) -> bool:
+    # Rows without a status (built by hand) count as trained to the end.
+    return row.get("status", "finished") == "finished"
+
+
+def metric_points(rows: list[dict], source: str, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(share of `source`, metric) per trial, split into finished trials
+    (sorted by share) and trials stopped early, whose value comes from an
+    earlier step and is not comparable with the rest."""
+    pts: dict[str, list] = {"finished": [], "early": []}
+    for r in rows:
+        x, y = _num(r.get(f"weight/{source}")), _num(r.get(metric))
+        if not (math.isnan(x) or math.isnan(y)):
+            pts["finished" if _finished(r) else "early"].append((x, y))
+    return {k: tuple(np.array(c, dtype=float) for c in zip(*sorted(v))) if v else (np.array([]), np.array([]))
+            for k, v in pts.items()}
+
+
 def plot_metric(
     rows: list[dict],
     sources: list[str],
@@ -67,11 +85,15 @@ def plot_metric(
     path: str,
     mode: str,
     highlight: dict | None = None,
+    line: bool = False,
 ) -> None:
     """One panel per source: the metric against that source's share, best trial marked.
 
     highlight, if given, is {"weights": {source: w}, "value": float, "label": str}
-    (usually the regression's recommendation) and is drawn as a star.
+    (usually the regression's recommendation) and is drawn as a star. With
+    `line` (grid sweeps, whose trials lie on one line through the simplex),
+    the finished trials are joined in order of the share. Trials stopped
+    early are drawn hollow: they were scored at an earlier step.
     """
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
@@ -81,18 +103,25 @@ def plot_metric(
     ok = ~np.isnan(ys)
     skipped = int((~ok).sum())
     best = None
-    if ok.any():
-        masked = np.where(ok, ys, np.inf if mode == "min" else -np.inf)
+    done = ok & np.array([_finished(r) for r in rows], dtype=bool)
+    if done.any():
+        masked = np.where(done, ys, np.inf if mode == "min" else -np.inf)
         best = int(np.argmin(masked) if mode == "min" else np.argmax(masked))
 
     fig = Figure(figsize=(4 * len(sources), 3.5))
     axes = fig.subplots(1, len(sources), squeeze=False)[0]
     for ax, s in zip(axes, sources):
-        xs = np.array([_num(r.get(f"weight/{s}")) for r in rows], dtype=float)
-        keep = ok & ~np.isnan(xs)
-        ax.scatter(xs[keep], ys[keep], color="tab:blue", s=24, label="trials")
-        if best is not None and keep[best]:
-            ax.scatter(xs[best], ys[best], color="tab:red", s=60, zorder=3,
+        pts = metric_points(rows, s, metric)
+        xs, ys_done = pts["finished"]
+        ax.scatter(xs, ys_done, color="tab:blue", s=24, label="trials")
+        if line and len(xs) > 1:
+            ax.plot(xs, ys_done, color="tab:blue", alpha=0.5)
+        if len(pts["early"][0]):
+            ax.scatter(*pts["early"], facecolors="none", edgecolors="tab:gray", s=24,
+                       label="stopped early (earlier step)")
+        x_best = _num(rows[best].get(f"weight/{s}")) if best is not None else math.nan
+        if not math.isnan(x_best):
+            ax.scatter(x_best, ys[best], color="tab:red", s=60, zorder=3,
                        label=f"best ({mode}): trial {rows[best].get('trial', best)}")
         if highlight is not None and s in highlight.get("weights", {}):
             ax.scatter(highlight["weights"][s], highlight["value"], marker="*", s=220,
