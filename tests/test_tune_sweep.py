@@ -166,7 +166,7 @@ def test_sweep_stopped_mid_trial_resumes_from_the_checkpoints(head, corpus, tmp_
     sets += [f"data.sources.{n}.raw=[{SAMPLE / n}.jsonl]" for n in ("prose", "code", "math")]
     sets += ["train.num_workers=1", "checkpoint.every_steps=2", "run.log_every_steps=1",
              "schedule.warmup_steps=1", "eval.max_tokens=2048"]
-    steps = 12
+    steps = 16  # the stop lands around step 4-6: room for a slow `ray job stop`
     cfg = {"name": "cut", "recipe": str(TINY), "set": sets, "budget_tokens": 4096 * steps,
            "search": ["prose", "code"], "fixed": {"math": 0.1},
            "space": {"kind": "list", "mixtures": [{"prose": 0.5, "code": 0.5}, {"prose": 0.2, "code": 0.8}]},
