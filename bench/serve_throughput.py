@@ -109,10 +109,14 @@ async def wait_ready(base_url: str, key: str, model: str, proc=None, limit_s: fl
 
 
 def bare(args, model: str, key: str, waves) -> dict:
+    from smolray.serve.config import engine_kwargs
+
     port = args.port + 1
+    # The engine settings the Serve replica gets, as the server's flags.
+    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}")
+             for k, v in engine_kwargs("cpu", "auto", None, args.kv_cache_mb).items()]
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-           "--served-model-name", "bench", "--dtype", "float32", "--enforce-eager",
-           "--kv-cache-memory-bytes", str(args.kv_cache_mb << 20), "--host", "127.0.0.1",
+           "--served-model-name", "bench", *flags, "--host", "127.0.0.1",
            "--port", str(port), f"--api-key={key}"]  # with "=": a key may start with "-"
     log = open(OUT / "serve_throughput.vllm.log", "w")
     # Its own session, so stopping it takes its engine process along.

@@ -6,7 +6,6 @@ import csv
 import json
 import math
 import subprocess
-import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -52,15 +51,21 @@ def test_bad_sweep_fails_before_any_cluster_work(tmp_path):
     assert "budget_tokens=100 is less than one optimizer step" in res.stderr and "ray" not in res.stdout
 
 
+def _trial_sets(corpus, out, checkpoint_every: int, log_every: int, eval_tokens: int) -> list[str]:
+    """Recipe overrides for tiny one-worker proxy trials on the session's tokenized corpus."""
+    sets = recipe_overrides(corpus["tokenizer"], corpus["root"], out / "unused")
+    # The corpus's own raw paths: the sources are up to date, so nothing is re-tokenized.
+    sets += [f"data.sources.{n}.raw=[{SAMPLE / n}.jsonl]" for n in ("prose", "code", "math")]
+    return sets + ["train.num_workers=1", f"checkpoint.every_steps={checkpoint_every}",
+                   f"run.log_every_steps={log_every}", "schedule.warmup_steps=1",
+                   f"eval.max_tokens={eval_tokens}"]
+
+
 @pytest.fixture(scope="module")
 def sweep(head, corpus, tmp_path_factory):
     """A 4-trial sweep (3 listed mixtures and a uniform baseline) with a confirmation trial."""
     out = tmp_path_factory.mktemp("sweeps")
-    sets = recipe_overrides(corpus["tokenizer"], corpus["root"], out / "unused")
-    # The corpus's own raw paths: the sources are up to date, so nothing is re-tokenized.
-    sets += [f"data.sources.{n}.raw=[{SAMPLE / n}.jsonl]" for n in ("prose", "code", "math")]
-    sets += ["train.num_workers=1", "checkpoint.every_steps=4", "run.log_every_steps=2",
-             "schedule.warmup_steps=1", "eval.max_tokens=4096"]
+    sets = _trial_sets(corpus, out, checkpoint_every=4, log_every=2, eval_tokens=4096)
     cfg = {"name": "e2e", "recipe": str(TINY), "set": sets, "budget_tokens": 16384,  # 4 steps
            "search": ["prose", "code", "math"],
            "space": {"kind": "list", "mixtures": [{"prose": 0.8, "code": 0.1, "math": 0.1},
@@ -162,10 +167,7 @@ def test_sweep_stopped_mid_trial_resumes_from_the_checkpoints(head, corpus, tmp_
     import os
     import time
 
-    sets = recipe_overrides(corpus["tokenizer"], corpus["root"], tmp_path / "unused")
-    sets += [f"data.sources.{n}.raw=[{SAMPLE / n}.jsonl]" for n in ("prose", "code", "math")]
-    sets += ["train.num_workers=1", "checkpoint.every_steps=2", "run.log_every_steps=1",
-             "schedule.warmup_steps=1", "eval.max_tokens=2048"]
+    sets = _trial_sets(corpus, tmp_path, checkpoint_every=2, log_every=1, eval_tokens=2048)
     steps = 16  # the stop lands around step 4-6: room for a slow `ray job stop`
     cfg = {"name": "cut", "recipe": str(TINY), "set": sets, "budget_tokens": 4096 * steps,
            "search": ["prose", "code"], "fixed": {"math": 0.1},
@@ -222,10 +224,7 @@ def test_asha_stops_the_mixture_that_falls_behind(head, corpus, tmp_path):
     """One trial at a time makes ASHA's decision deterministic: the second
     trial meets the first at the step-4 rung, and the prose-heavy mixture is
     worse on a code target, so it is stopped there and left out of the fit."""
-    sets = recipe_overrides(corpus["tokenizer"], corpus["root"], tmp_path / "unused")
-    sets += [f"data.sources.{n}.raw=[{SAMPLE / n}.jsonl]" for n in ("prose", "code", "math")]
-    sets += ["train.num_workers=1", "checkpoint.every_steps=16", "run.log_every_steps=2",
-             "schedule.warmup_steps=1", "eval.max_tokens=2048"]
+    sets = _trial_sets(corpus, tmp_path, checkpoint_every=16, log_every=2, eval_tokens=2048)
     cfg = {"name": "asha", "recipe": str(TINY), "set": sets, "budget_tokens": 4096 * 16,
            "search": ["prose", "code", "math"],
            "space": {"kind": "list", "mixtures": [{"prose": 0.05, "code": 0.9, "math": 0.05},
@@ -242,7 +241,6 @@ def test_asha_stops_the_mixture_that_falls_behind(head, corpus, tmp_path):
     rows = _rows(tmp_path / "asha")
     assert rows["t00"]["status"] == "finished" and int(rows["t00"]["tokens"]) == 4096 * 16
     assert rows["t01"]["status"].startswith("stopped at step") and int(rows["t01"]["tokens"]) < 4096 * 16
-    # Both were scored at the rung, and the stopped one lost there.
     def logged(tid):
         log = tmp_path / "asha" / "trials" / tid / "logs" / "metrics.jsonl"
         return {r["step"]: r for r in map(json.loads, log.open())}
@@ -251,6 +249,7 @@ def test_asha_stops_the_mixture_that_falls_behind(head, corpus, tmp_path):
     # The stop reaches the training workers a step or two after the rung (it
     # is asynchronous), far from the end.
     assert int(rows["t01"]["eval_step"]) == 4 and 4 <= max(second) < 16
+    # Both were scored at the rung, and the stopped one lost there.
     assert second[4]["target_loss"] == pytest.approx(float(rows["t01"]["target_loss"]))
     assert second[4]["target_loss"] > first[4]["target_loss"]
     rec = json.loads((tmp_path / "asha" / "recommendation.json").read_text())

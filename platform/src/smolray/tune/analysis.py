@@ -17,7 +17,7 @@ import numpy as np
 
 from smolray.tune.config import SweepConfig
 from smolray.tune.regress import Recommendation, recommend
-from smolray.tune.report import plot_fit, plot_metric, write_table
+from smolray.tune.report import finished, plot_fit, plot_metric, write_table
 from smolray.tune.space import prior
 
 
@@ -49,7 +49,7 @@ def full_mixture(cfg: SweepConfig, rel: dict[str, float]) -> dict[str, float]:
 
 def _finished(cfg: SweepConfig, rows: list[dict]) -> list[dict]:
     """Trials trained to the full budget: the only ones comparable with each other."""
-    return [r for r in rows if r["status"] == "finished" and math.isfinite(float(r[cfg.metric]))]
+    return [r for r in rows if finished(r) and math.isfinite(float(r[cfg.metric]))]
 
 
 def fit_rows(cfg: SweepConfig, rows: list[dict], tokens: dict[str, int]) -> tuple[Recommendation, list[dict]] | None:
@@ -77,7 +77,7 @@ def write_report(cfg: SweepConfig, out: str, rows: list[dict], fitted, confirm: 
     write_table(rows + ([confirm] if confirm else []), os.path.join(out, "results.csv"))
     best = best_row(cfg, rows)
     summary: dict = {"metric": cfg.metric, "mode": cfg.mode, "trials": len(rows),
-                     "finished": sum(r["status"] == "finished" for r in rows),
+                     "finished": sum(map(finished, rows)),
                      "best_trial": _brief(cfg, best) if best else None,
                      "baselines": {r["trial"]: _brief(cfg, r) for r in rows if r["trial"] in cfg.baselines}}
     highlight = None

@@ -60,8 +60,8 @@ def _save(fig: Figure, path: str) -> None:
     fig.clear()
 
 
-def _finished(row: dict) -> bool:
-    # Rows without a status (built by hand) count as trained to the end.
+def finished(row: dict) -> bool:
+    """Trained to the full budget. Rows without a status (built by hand) count as finished."""
     return row.get("status", "finished") == "finished"
 
 
@@ -73,7 +73,7 @@ def metric_points(rows: list[dict], source: str, metric: str) -> dict[str, tuple
     for r in rows:
         x, y = _num(r.get(f"weight/{source}")), _num(r.get(metric))
         if not (math.isnan(x) or math.isnan(y)):
-            pts["finished" if _finished(r) else "early"].append((x, y))
+            pts["finished" if finished(r) else "early"].append((x, y))
     return {k: tuple(np.array(c, dtype=float) for c in zip(*sorted(v))) if v else (np.array([]), np.array([]))
             for k, v in pts.items()}
 
@@ -103,7 +103,7 @@ def plot_metric(
     ok = ~np.isnan(ys)
     skipped = int((~ok).sum())
     best = None
-    done = ok & np.array([_finished(r) for r in rows], dtype=bool)
+    done = ok & np.array([finished(r) for r in rows], dtype=bool)
     if done.any():
         masked = np.where(done, ys, np.inf if mode == "min" else -np.inf)
         best = int(np.argmin(masked) if mode == "min" else np.argmax(masked))

@@ -24,7 +24,7 @@ import yaml
 
 from smolray.recipe import Recipe, RecipeError, load_recipe
 from smolray.tune.config import SchedulerConfig, SweepConfig
-from smolray.tune.space import check, mixtures, trial_recipe
+from smolray.tune.space import mixtures, trial_recipe
 
 
 @dataclass(frozen=True)
