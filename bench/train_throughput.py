@@ -74,7 +74,8 @@ def ray_run(recipe, name: str) -> dict:
     from smolray.train.trainer import build_trainer, log_dir
 
     build_trainer(recipe, build_plan(recipe)).fit()
-    rows = read_metrics(os.path.join(log_dir(recipe), "metrics.jsonl"))[1:]
+    # Training rows after the first window (start-up); step 0 holds only validation.
+    rows = [r for r in read_metrics(os.path.join(log_dir(recipe), "metrics.jsonl")) if "loss" in r][1:]
     return {"tokens_per_s": sum(r["tokens_per_s"] for r in rows) / len(rows),
             "data_wait_frac": sum(r["data_wait_frac"] for r in rows) / len(rows)}
 

@@ -16,7 +16,7 @@ sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != _here]
 
 from smolray.cli import load, recipe_parser, run
 from smolray.data.plan import DataPlanError, build_plan
-from smolray.tokenizer import fingerprint
+from smolray.tokenizer import fingerprint, offline_fingerprint
 
 
 def main() -> None:
@@ -24,19 +24,27 @@ def main() -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan and start nothing")
     p.add_argument("--stop-at-step", type=int, help="checkpoint and stop after this step")
     p.add_argument("--sample-log", help="directory to log every trained sequence's identity")
-    p.add_argument("--prompt", default="The ", help="prompt for the closing greedy sample")
+    p.add_argument("--prompt", default="She could not help thinking that",
+                   help="prompt for the closing sampled completion")
     args = p.parse_args()
 
     # 1. The recipe and its data plan: every check before any cluster work.
     recipe = load(args)
+    # A dry run never waits on the network: a hub tokenizer it cannot find
+    # locally is reported as unchecked, and the rest of the plan still prints.
+    unchecked = None
     try:
-        plan, error = build_plan(recipe, tokenizer_fingerprint=fingerprint(recipe.tokenizer)), None
+        if args.dry_run:
+            fp, unchecked = offline_fingerprint(recipe.tokenizer)
+        else:
+            fp = fingerprint(recipe.tokenizer)
+        plan, error = build_plan(recipe, tokenizer_fingerprint=fp), None
     except (DataPlanError, FileNotFoundError) as e:
         plan, error = None, str(e)
     if args.dry_run:
         from smolray.train.dryrun import describe
 
-        print(describe(recipe, plan, error))
+        print(describe(recipe, plan, error, unchecked))
         return
     if error:
         raise DataPlanError(error)

@@ -24,18 +24,21 @@ from smolray.synth.config import SynthConfig
 def main() -> None:
     p = recipe_parser(__doc__, "recipes/synth-tiny.yaml", "generate.prompts=48")
     p.add_argument("--dry-run", action="store_true", help="print the first prompts and start nothing")
+    p.add_argument("--stop-after-parts", type=int, metavar="N",
+                   help="stop once N parts of results are written; the same command again continues")
     args = p.parse_args()
 
     # 1. Config, model, topics, corpus and the planned rows: every check before any engine starts.
     cfg = load_recipe(args.config, args.set, cls=SynthConfig)
     from smolray.serve.config import resolve_source
-    from smolray.synth.run import out_dir, plan, run as synth
+    from smolray.synth.run import check_same_run, out_dir, plan, run as synth
 
     try:
         source = resolve_source(cfg.model.source, "model.source")
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"source": source})})
         planned = plan(cfg)
         rows = planned[0]
+        check_same_run(cfg, out_dir(cfg), record=False)  # a rerun with other settings: refused now
     except ValueError as e:
         raise RecipeError(str(e)) from None
     if args.dry_run:
@@ -49,7 +52,7 @@ def main() -> None:
 
     os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(out_dir(cfg), ".vllm-cache"))
     connect()
-    m = synth(cfg, planned)
+    m = synth(cfg, planned, stop_after_parts=args.stop_after_parts)
     print(f"{m['rows']} rows in {m['data']} ({len(m['parts'])} parts); dropped {m['dropped'] or 'none'}; "
           f"{m['failed_this_run']} failed this run, {m['missing']} still missing")
     if cfg.mode == "annotate":

@@ -78,7 +78,13 @@ def test_anneal_ablation_runs_candidates_and_compares_them(head, base_run):
     for r in rows.values():
         # Branched at step 4, decayed over steps 5 and 6: only the two new steps were trained here.
         assert r["status"] == "finished" and int(r["step"]) == 6 and int(r["tokens"]) == 6 * 4096
-        assert 0 <= float(r["math_cloze/acc_norm"]) <= 1
+        # The suite's score is the library's on that candidate's export, same 10 examples.
+        from smolray.eval.multiple_choice import evaluate, load_task
+        from smolray.eval.suite import _load
+
+        lm, tok = _load(r["export"])
+        want = evaluate(lm, tok, load_task(str(SAMPLE / "tasks" / "math_cloze.jsonl"), limit=10)[1])
+        assert float(r["math_cloze/acc_norm"]) == pytest.approx(want["acc_norm"])
     # More math in the decay, lower held-out math loss; the mixtures differ only there.
     assert float(rows["math"]["val/math/loss"]) < float(rows["control"]["val/math/loss"])
     assert float(rows["math"]["weight/math"]) == pytest.approx(0.55)

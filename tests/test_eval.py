@@ -122,8 +122,14 @@ def test_eval_job_through_ray_job_submit(head, init_model, tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     got = json.loads(out.read_text())
     assert set(got["tasks"]) == {"prose_cloze", "code_cloze", "math_cloze"}
-    for m in got["tasks"].values():
-        assert m["examples"] == 20 and 0 <= m["acc_norm"] <= 1
+    # The job's scores are the library's, on the same model and the same 20 examples.
+    from smolray.eval.multiple_choice import evaluate, load_task
+    from smolray.eval.suite import _load
+
+    lm, tok = _load(init_model)
+    for name, m in got["tasks"].items():
+        want = evaluate(lm, tok, load_task(str(SAMPLE / "tasks" / f"{name}.jsonl"), limit=20)[1])
+        assert m["examples"] == 20 and (m["acc"], m["acc_norm"]) == (want["acc"], want["acc_norm"])
     prose, code = got["heldout"]["prose"], got["heldout"]["code"]
     # A random model over a 1024-token vocabulary: about ln(1024) = 6.9 nats per token.
     assert 5.5 < prose["loss"] < 8.5 and prose["bpb"] > 0

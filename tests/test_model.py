@@ -3,22 +3,19 @@ import torch
 from smolray.model import build_model, count_parameters, set_rope_theta
 from smolray.recipe import load_recipe
 
-from conftest import TINY
+from conftest import ROOT, TINY
 
 
-def analytic(m) -> int:
-    """Llama parameter count by hand: embeddings, attention, MLP, norms."""
-    kv = m.num_kv_heads * m.head_dim
-    layer = 2 * m.hidden_size * m.hidden_size + 2 * m.hidden_size * kv  # q, o, k, v
-    layer += 3 * m.hidden_size * m.intermediate_size + 2 * m.hidden_size  # mlp, two norms
-    head = 0 if m.tie_embeddings else m.vocab_size * m.hidden_size
-    return m.vocab_size * m.hidden_size + m.num_layers * layer + m.hidden_size + head
-
-
-def test_parameter_count_matches_the_built_model_and_the_formula():
+def test_parameter_count_matches_the_built_model():
+    """ModelConfig.num_parameters (arithmetic, what --dry-run prints) against the real module."""
     m = load_recipe(TINY).model
     built = sum(p.numel() for p in build_model(m, seed=0).parameters())
-    assert count_parameters(m) == built == analytic(m)
+    assert m.num_parameters == built == count_parameters(m)
+    untied = m.model_copy(update={"tie_embeddings": False})
+    assert untied.num_parameters == count_parameters(untied) == built + m.vocab_size * m.hidden_size
+    for name in ("smollm2-135m", "smollm2-360m", "smollm2-1.7b"):  # built on the meta device
+        preset = load_recipe(ROOT / "recipes" / f"{name}.yaml").model
+        assert preset.num_parameters == count_parameters(preset), name
 
 
 def test_init_is_seeded_and_uses_init_std():

@@ -79,6 +79,14 @@ def test_other_tokenizer_is_refused(make_recipe):
         build_plan(make_recipe(), tokenizer_fingerprint="sha256:0000")
 
 
+def test_shards_cut_with_another_heldout_fraction_are_refused(make_recipe):
+    # Otherwise the shards could hold documents the recipe now means to validate on.
+    with pytest.raises(DataPlanError, match=r"data\.sources\.code\.heldout_fraction=0\.2, but its shards "
+                                            r"were cut with 0\.1; re-run jobs/tokenize\.py"):
+        build_plan(make_recipe("data.sources.code.heldout_fraction=0.2"))
+    build_plan(make_recipe("data.sources.code.heldout_fraction=0.1"))  # the fraction they were cut with
+
+
 def test_stage_fingerprint_covers_weights(make_recipe, corpus):
     a = build_plan(make_recipe(), tokenizer_fingerprint=fingerprint(corpus["tokenizer"]))
     b = build_plan(make_recipe("data.weights.code=0.31"))

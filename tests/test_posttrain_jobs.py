@@ -49,11 +49,12 @@ def sft(head, ray_cluster, init_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("sft")
     sets = SFT_SETS + [f"init={init_model}"]
     first = _submit(head, "sft", "tiny-sft", sets + [f"run.output_dir={root / 'job'}"], "--stop-at-step", "3")
-    _submit(head, "sft", "tiny-sft", sets + [f"run.output_dir={root / 'job'}"])
+    # Resumed on one worker instead of two: the ZeRO shards are resharded on load.
+    _submit(head, "sft", "tiny-sft", sets + [f"run.output_dir={root / 'job'}", "train.num_workers=1"])
     # The same run without a stop (reusing the job's prepared rows).
     _in_process(SFTRecipe, "tiny-sft", sets + [f"run.output_dir={root / 'whole'}",
                                                f"data.prepared_dir={root / 'job' / 'data'}"])
-    return {"job": root / "job", "whole": root / "whole", "first": first}
+    return {"job": root / "job", "whole": root / "whole", "first": first, "sets": sets}
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +67,18 @@ def dpo(head, sft, tmp_path_factory):
     return {"job": root / "job", "first": first}
 
 
+def _began(out_dir) -> list[tuple[int, int]]:
+    """(step, the step its process started at) for every row as written."""
+    from smolray.train.metrics import read_rows
+
+    return [(r["step"], r["resumed_from"]) for r in read_rows(os.path.join(out_dir, "logs", "metrics.jsonl"))]
+
+
 def test_sft_resumes_exactly_and_lowers_the_assistant_loss(sft):
     assert "stopped at step 3" in sft["first"]
     job, whole = _losses(sft["job"]), _losses(sft["whole"])
+    # The rerun began at the step-3 checkpoint: steps 1-3 were logged once, by the first job.
+    assert _began(sft["job"]) == [(s, 0 if s <= 3 else 3) for s in range(1, len(whole) + 1)]
     assert sorted(job) == sorted(whole) == list(range(1, len(whole) + 1))
     for step in whole:  # the resumed run trains on the same rows with the same state
         assert job[step] == pytest.approx(whole[step], rel=1e-4), step
@@ -78,12 +88,24 @@ def test_sft_resumes_exactly_and_lowers_the_assistant_loss(sft):
     assert summary["data"]["skipped"] == {} and summary["data"]["rows"] > 0
 
 
+def test_sft_resume_with_changed_data_is_refused(sft, tmp_path):
+    from smolray.recipe.post import SFTRecipe
+
+    # The finished job's checkpoint, but 100 conversations instead of all of them.
+    sets = sft["sets"] + [f"run.output_dir={sft['job']}", "data.dataset.limit=100",
+                          f"data.prepared_dir={tmp_path / 'data'}"]
+    with pytest.raises(Exception, match="the prepared data changed since this checkpoint"):
+        _in_process(SFTRecipe, "tiny-sft", sets)
+    assert json.loads((sft["job"] / "logs" / "summary.json").read_text())["steps"] == max(_losses(sft["job"]))
+
+
 def test_dpo_learns_the_planted_preference_and_resumes(dpo):
     from smolray.train.metrics import read_metrics
 
     assert "stopped at step 5" in dpo["first"]
     rows = read_metrics(os.path.join(dpo["job"], "logs", "metrics.jsonl"))
     assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+    assert _began(dpo["job"]) == [(s, 0 if s <= 5 else 5) for s in range(1, len(rows) + 1)]
     # At step 1 the policy is the reference: every pair costs log 2.
     assert rows[0]["loss"] == pytest.approx(0.693147, abs=1e-4)
     assert rows[0]["rewards/margin"] == pytest.approx(0.0, abs=1e-3)

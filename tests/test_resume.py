@@ -13,10 +13,10 @@ import sys
 import time
 
 from smolray.data.plan import build_plan
-from smolray.train.metrics import read_metrics
+from smolray.train.metrics import read_metrics, read_rows
 from smolray.train.trainer import build_trainer, log_dir
 
-from conftest import ROOT, TINY, recipe_overrides
+from conftest import ROOT, TINY, recipe_overrides, registered_step
 from test_train import SHORT, sample_log
 
 DRIVER = """
@@ -54,18 +54,31 @@ def test_killed_run_resumes_with_exactly_the_planned_samples(ray_cluster, corpus
     address = ray_cluster.get_runtime_context().gcs_address
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, address, str(TINY), str(samples), *sets],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = out / "ray" / recipe.name / "step-00000003"
+    run_dir = out / "ray" / recipe.name
     deadline = time.time() + 240
-    while not (first / "rank-1.done").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    while registered_step(run_dir) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)  # the driver dies; Ray tears down its workers
     proc.wait()
+    registered = registered_step(run_dir)
     killed_at = max(r["step"] for r in read_metrics(os.path.join(log_dir(recipe), "metrics.jsonl")))
-    assert 3 <= killed_at < 12, "the kill must land mid-run"
+    assert 3 <= registered and killed_at < 12, "the kill must land mid-run"
 
     result = build_trainer(recipe, build_plan(recipe), sample_log=str(samples)).fit()
     assert result.metrics["step"] == 12
     assert sample_log(samples) == planned_log(build_plan(recipe), 12)
+    # The rerun began at a checkpoint the killed run registered (every 3 steps,
+    # at or before the kill), not at step 0, and logged each later step once.
+    raw = read_rows(os.path.join(log_dir(recipe), "metrics.jsonl"))
+    rerun = [r for r in raw if r["resumed_from"] > 0]
+    began = {r["resumed_from"] for r in rerun}
+    assert len(began) == 1, began
+    start = began.pop()
+    # At least the checkpoint registered before the kill (a later one may have
+    # been registered while the workers were torn down).
+    assert start % 3 == 0 and registered <= start <= killed_at
+    logs = [s for s in range(1, 13) if s % 2 == 0 or s % 3 == 0]  # log and checkpoint steps
+    assert [r["step"] for r in rerun] == [s for s in logs if s > start]
 
 
 def test_resume_on_another_worker_count_trains_exactly_the_plan(ray_cluster, corpus, tmp_path):
@@ -81,6 +94,8 @@ def test_resume_on_another_worker_count_trains_exactly_the_plan(ray_cluster, cor
     assert sample_log(samples) == planned_log(build_plan(one), 12)
     rows = read_metrics(os.path.join(log_dir(one), "metrics.jsonl"))
     assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]
+    raw = read_rows(os.path.join(log_dir(one), "metrics.jsonl"))
+    assert [(r["step"], r["resumed_from"]) for r in raw] == [(2, 0), (4, 0), (6, 0), (8, 6), (10, 6), (12, 6)]
     # Weights and Adam moments came through: the loss carries on from step 6
     # (a fresh optimizer at lr 1e-2 would jump), and the run keeps improving.
     assert abs(rows[3]["loss"] - rows[2]["loss"]) < 0.3 and rows[-1]["loss"] < rows[0]["loss"] - 0.5

@@ -7,31 +7,13 @@ pyarrow's own S3 client, exactly as a bucket would be; nothing is patched.
 from __future__ import annotations
 
 import argparse
-import socket
+import logging
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 
 from conftest import SAMPLE, TINY, recipe_overrides
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
-    client.create_bucket(Bucket="corpus")
-    for name in ("prose", "code", "math"):
-        client.upload_file(str(SAMPLE / f"{name}.jsonl"), "corpus", f"raw/{name}/part-0.jsonl")
-    yield port
-    server.stop()
 
 
 def uri(port: int, key: str) -> str:
@@ -41,7 +23,7 @@ def uri(port: int, key: str) -> str:
             "&scheme=http&region=us-east-1")
 
 
-def test_tokenize_from_s3_to_s3_matches_local(s3_server, corpus, tmp_path):
+def test_tokenize_from_s3_to_s3_matches_local(s3_server, corpus, tmp_path, caplog):
     from smolray.data.plan import build_plan
     from smolray.data.shards import read_manifest
     from smolray.data.tokenize import tokenize_recipe
@@ -65,9 +47,19 @@ def test_tokenize_from_s3_to_s3_matches_local(s3_server, corpus, tmp_path):
     a, b = build_plan(recipe).read(0, 0, 24), build_plan(local_recipe).read(0, 0, 24)
     assert np.array_equal(a["tokens"], b["tokens"]) and np.array_equal(a["doc"], b["doc"])
 
-    # An unchanged source is not tokenized twice.
+    # An unchanged source is not tokenized twice: the rerun takes the up-to-date
+    # branch for every source and leaves the bucket's files as they were.
+    from smolray.data.shards import filesystem
+
+    fs, base = filesystem(uri(s3_server, "shards"))
+    before = {i.path: (i.mtime, i.size) for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))}
+    caplog.set_level(logging.INFO, logger="smolray.data.tokenize")
     again = tokenize_recipe(recipe)
     assert again == remote
+    assert sorted(r.getMessage().split(":")[0] for r in caplog.records if "up to date" in r.getMessage()) == [
+        "code", "math", "prose"]
+    after = {i.path: (i.mtime, i.size) for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))}
+    assert after == before
 
 
 def test_missing_remote_source_is_named(s3_server, corpus, tmp_path):

@@ -85,3 +85,30 @@ def test_truncated_shard_is_named(tmp_path):
 def test_no_temporary_files_left(tmp_path):
     make_source(tmp_path)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_failed_tokenization_leaves_a_source_that_says_not_tokenized(ray_cluster, tokenizer_dir, tmp_path):
+    """The old manifest goes first: a run that dies midway never leaves one that lies."""
+    from smolray.data.tokenize import tokenize_source
+    from smolray.recipe import SourceConfig
+
+    from conftest import SAMPLE
+
+    lines = (SAMPLE / "code.jsonl").read_text().splitlines(keepends=True)
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(lines[:40]))
+    shards = str(tmp_path / "shards")
+    first = tokenize_source(SourceConfig(name="code", raw=[str(a)], shards=shards), tokenizer_dir, 1024,
+                            shard_tokens=20_000)
+    assert len(first.shards) > 1
+    # A new input whose second half is broken: the re-tokenization fails midway.
+    b.write_text("".join(lines[40:60]) + "{this line is not json\n")
+    both = SourceConfig(name="code", raw=[str(a), str(b)], shards=shards)
+    with pytest.raises(Exception, match="(?i)json"):
+        tokenize_source(both, tokenizer_dir, 1024, shard_tokens=20_000)
+    with pytest.raises(ShardError, match="no manifest.json .* tokenize this source first"):
+        read_manifest(shards)
+    # Fixed input, the same call: a complete source with every document once.
+    b.write_text("".join(lines[40:60]))
+    again = tokenize_source(both, tokenizer_dir, 1024, shard_tokens=20_000)
+    assert again.docs == first.docs + 20 and read_manifest(shards) == again

@@ -9,7 +9,7 @@ import pytest
 
 from smolray.data.plan import DataPlanError, build_plan
 from smolray.recipe import RecipeError
-from smolray.train.metrics import read_metrics
+from smolray.train.metrics import read_metrics, read_rows
 from smolray.train.trainer import build_trainer, log_dir
 
 from test_train import SHORT, fit, sample_log
@@ -102,6 +102,9 @@ def test_training_crosses_stages_and_resumes_mid_stage_exactly(make_recipe, tmp_
     assert sample_log(samples) == sample_log(tmp_path / "base-samples")
     resumed = read_metrics(os.path.join(log_dir(recipe), "metrics.jsonl"))
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in rows], rel=1e-4)
+    # The rerun began at the step-6 checkpoint, inside stage b (rows as written, none repeated).
+    raw = read_rows(os.path.join(log_dir(recipe), "metrics.jsonl"))
+    assert [(r["step"], r["resumed_from"]) for r in raw] == [(2, 0), (4, 0), (6, 0), (8, 6), (10, 6), (12, 6)]
 
     from smolray.train.export import export_hf
 

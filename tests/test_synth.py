@@ -20,8 +20,7 @@ PROMPTS = 24
 
 def _config(tmp_path, model, **changes) -> dict:
     cfg = yaml.safe_load((ROOT / "recipes" / "synth-tiny.yaml").read_text())
-    # One request at a time, each a fixed 256 tokens: parts land about half a
-    # second apart on 2 cores, so a kill right after the first leaves most undone.
+    # One request at a time, each a fixed 256 tokens.
     cfg["model"].update(source=model, batch_size=1, max_concurrent_batches=1)
     cfg["generate"].update(prompts=PROMPTS, topics=str(ROOT / "data" / "synth" / "topics.txt"))
     # Short seeds: the prompt and its answer must fit the fixture's 512 positions.
@@ -83,29 +82,20 @@ def test_dry_run_plans_distinct_prompts_from_retrieved_seeds(tmp_path, init_mode
 
 @pytest.fixture(scope="module")
 def synth_run(head, init_model, tmp_path_factory):
-    """A 24-prompt synth job killed (SIGKILL) once its first part is on disk, then run again to the end."""
+    """A 24-prompt synth job stopped after its first part, left as a crash would, then run again."""
     tmp = tmp_path_factory.mktemp("synth")
     path = _write(tmp, _config(tmp, init_model))
     out = tmp / "cosmo-tiny"
     cmd = ["python", "jobs/synth.py", "--config", str(path)]
-    ray = [os.path.join(os.path.dirname(PY), "ray"), "job"]
-    subprocess.run([*ray, "submit", f"--address={head.dashboard_url}", "--no-wait", "--submission-id=synth-1",
-                    f"--working-dir={ROOT}", "--", *cmd], env=head.env, check=True, capture_output=True,
-                   timeout=120)
-    deadline = time.monotonic() + 600
-    while not list((out / "data").glob("part-*.parquet")) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    # A crash, not a polite stop: the driver gets no chance to clean up. The
-    # kill is immediate, where `ray job stop` takes seconds on a busy machine,
-    # long enough for a fast engine to finish the whole job (seen in CI).
-    driver = " ".join(cmd[1:])
-    subprocess.run(["pkill", "-KILL", "-f", driver], check=True)
-    while subprocess.run(["pgrep", "-f", driver], capture_output=True).returncode == 0:
-        time.sleep(0.1)
+    stop = head.submit([*cmd, "--stop-after-parts", "1"], working_dir=str(ROOT), timeout=900, capture=True)
+    assert stop.returncode == 0, stop.stdout[-4000:] + stop.stderr[-4000:]
     first = {p.name: p.read_bytes() for p in (out / "data").glob("part-*.parquet")}
+    # What a crash in the middle of writing the next part leaves behind.
+    (out / "data" / "part-00001.parquet.tmp").write_bytes(b"PAR1 cut short by a crash")
     again = head.submit(cmd, working_dir=str(ROOT), timeout=900, capture=True)
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
-    return {"out": out, "first": first, "log": again.stdout + again.stderr, "config": path}
+    return {"out": out, "first": first, "log": again.stdout + again.stderr, "config": path,
+            "stop_log": stop.stdout}
 
 
 def test_synth_writes_one_row_per_prompt_with_provenance(synth_run, init_model):
@@ -124,19 +114,42 @@ def test_synth_writes_one_row_per_prompt_with_provenance(synth_run, init_model):
         assert r["template"] == "cosmo-v1"
 
 
-def test_killed_synth_job_keeps_its_parts_and_resumes_without_regenerating(synth_run):
+def test_stopped_synth_job_keeps_its_parts_and_resumes_without_regenerating(synth_run):
     out, first = synth_run["out"], synth_run["first"]
-    # Two rows a part: the kill landed after the first part and before the last.
-    assert 0 < len(first) < PROMPTS // 2, f"the job was not killed midway: {sorted(first)}"
-    # The parts written before the kill are untouched, and the rerun skipped their prompts.
-    for name, data in first.items():
-        assert (out / "data" / name).read_bytes() == data
-    done = sum(pq.read_metadata(out / "data" / n).num_rows for n in first)
-    assert f"{PROMPTS} planned, " in synth_run["log"]
-    written = int(synth_run["log"].split(f"{PROMPTS} planned, ")[1].split(" already written")[0])
-    assert written >= done
+    # Two rows a part: the first job wrote exactly one part, then stopped.
+    assert list(first) == ["part-00000.parquet"], sorted(first)
+    assert "stopped after 1 parts" in synth_run["stop_log"]
+    # That part is untouched, and the rerun skipped its two prompts and only those.
+    assert (out / "data" / "part-00000.parquet").read_bytes() == first["part-00000.parquet"]
+    assert f"{PROMPTS} planned, 2 already written, {PROMPTS - 2} to run" in synth_run["log"]
     ids = pq.read_table(out / "data", columns=["id"]).column("id").to_pylist()
     assert len(ids) == len(set(ids)) == PROMPTS
+    # The half-written part a crash left was never read as rows, and is gone.
+    assert not list((out / "data").glob("*.tmp"))
+
+
+def test_rerun_with_other_sampling_is_refused_before_any_engine_starts(synth_run):
+    res = _synth(synth_run["config"], "sampling.temperature=0.3")
+    assert res.returncode == 2 and "holds rows made with" in res.stderr and "restore the old settings" in res.stderr
+    assert "vLLM" not in res.stdout + res.stderr
+
+
+def test_duplicates_and_empty_generations_are_dropped_with_their_reason(tmp_path, init_model):
+    from smolray.recipe import load_recipe
+    from smolray.synth.config import SynthConfig
+    from smolray.synth.run import _finish, plan, text_hash
+
+    cfg = load_recipe(_write(tmp_path, _config(tmp_path, init_model)), cls=SynthConfig)
+    rows, _ = plan(cfg)
+    seen_before = {text_hash("written by an earlier part")}  # what run() reads from the parts on disk
+    texts = ["a new document", "a  new\ndocument ", "written by an earlier part", "   ", "another one"]
+    batch = [{**r, "generated": t, "completion_tokens": 3, "error": ""} for r, t in zip(rows, texts)]
+    kept, dropped, errors = _finish(cfg, batch, seen_before)
+    assert [r["text"] for r in kept] == ["a new document", "another one"] and errors == 0
+    # Exact duplicates after whitespace normalisation, within the batch or against earlier parts.
+    assert [(d["id"], d["reason"]) for d in dropped] == [
+        (rows[1]["id"], "duplicate"), (rows[2]["id"], "duplicate"), (rows[3]["id"], "empty")]
+    assert dropped[0]["duplicate_of"] == text_hash("a new document")
 
 
 def test_generated_rows_tokenize_into_a_source(synth_run, head, tokenizer_dir, tmp_path):

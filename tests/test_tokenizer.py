@@ -26,6 +26,44 @@ def test_special_tokens_and_chat_template(tokenizer_dir):
     assert tok("<|im_start|>", add_special_tokens=False).input_ids == [1]
 
 
-def test_fingerprint_identifies_vocabulary(tokenizer_dir):
-    assert fingerprint(tokenizer_dir) == fingerprint(tokenizer_dir)
-    assert fingerprint(tokenizer_dir).startswith("sha256:")
+def test_fingerprint_identifies_vocabulary(tokenizer_dir, tok, tmp_path):
+    from smolray.tokenizer import offline_fingerprint, train_bpe
+
+    fp = fingerprint(tokenizer_dir)
+    assert fp.startswith("sha256:") and fingerprint(tokenizer_dir) == fp
+    # The same vocabulary saved elsewhere: the same identity (the path is not part of it).
+    tok.save_pretrained(tmp_path / "copy")
+    assert fingerprint(tmp_path / "copy") == fp
+    # Another vocabulary: another identity, even from the same text.
+    other = tmp_path / "other"
+    train_bpe(TEXTS * 50, vocab_size=300, out_dir=other)
+    assert fingerprint(other) != fp
+    assert offline_fingerprint(tokenizer_dir) == (fp, None)
+
+
+def test_offline_fingerprint_of_an_uncached_hub_id_never_goes_online(tmp_path):
+    """What a dry run asks: answered from the local cache, with no request to the hub."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    hub = socket.socket()
+    hub.bind(("127.0.0.1", 0))
+    hub.listen()
+    hub.settimeout(0.5)
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{hub.getsockname()[1]}",
+           "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
+    env.pop("HF_HUB_OFFLINE", None)
+    code = ("from smolray.tokenizer import offline_fingerprint; "
+            "print(offline_fingerprint('HuggingFaceTB/SmolLM2-135M'))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "(None, " in out.stdout and "not in the local Hugging Face cache" in out.stdout
+    try:
+        hub.accept()
+        raise AssertionError("offline_fingerprint connected to the hub")
+    except TimeoutError:
+        pass
+    finally:
+        hub.close()

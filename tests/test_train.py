@@ -7,16 +7,17 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from smolray.data.plan import build_plan
-from smolray.train.metrics import read_metrics
+from smolray.train.metrics import read_metrics, read_rows
 from smolray.train.trainer import build_trainer, log_dir
 
 from conftest import recipe_factory
 
 # 12 steps of 16 x 256 tokens, checkpoints every 4 steps.
 SHORT = ["train.total_tokens=49152", "schedule.warmup_steps=2", "schedule.decay_fraction=0.25",
-         "optim.lr=1e-2", "run.log_every_steps=2", "checkpoint.every_steps=4", "checkpoint.keep=3"]
+         "optim.lr=1e-2", "run.log_every_steps=2", "checkpoint.every_steps=4", "checkpoint.keep=2"]
 
 
 def fit(recipe, **kw):
@@ -57,6 +58,9 @@ def test_zero_stage_trains_and_loss_falls(runs, stage):
     assert all(np.isfinite(r["grad_norm"]) for r in rows)
     events = os.listdir(os.path.join(log_dir(recipe), "tensorboard"))
     assert any(f.startswith("events.out.tfevents") for f in events)
+    # checkpoint.keep=2: of the checkpoints at steps 4, 8 and 12, the oldest was pruned.
+    kept = sorted(p for p in os.listdir(os.path.dirname(result.checkpoint.path)) if p.startswith("step-"))
+    assert kept == ["step-00000008", "step-00000012"]
 
 
 def test_zero_stages_agree(runs):
@@ -120,6 +124,66 @@ def test_stopped_run_resumes_with_exactly_the_next_samples(runs, corpus, tmp_pat
     b = read_metrics(os.path.join(log_dir(recipe), "metrics.jsonl"))
     assert [r["step"] for r in b] == [2, 4, 6, 8, 10, 12]
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-4)
+    # Where the rerun began, from the rows as written: at the step-6 checkpoint,
+    # each step logged once (a rerun from scratch would log steps 2-6 again).
+    raw = read_rows(os.path.join(log_dir(recipe), "metrics.jsonl"))
+    assert [(r["step"], r["resumed_from"]) for r in raw] == [(2, 0), (4, 0), (6, 0), (8, 6), (10, 6), (12, 6)]
+
+
+def test_a_checkpoint_whose_data_position_disagrees_with_the_plan_stops_the_run(runs, corpus, tmp_path):
+    """The accounting guard: trained sequences per source must equal the plan's at every log step."""
+    import json
+    import shutil
+
+    recipe, result, base = runs[2]
+    ckpt = tmp_path / "step-00000008"
+    shutil.copytree(os.path.join(os.path.dirname(result.checkpoint.path), "step-00000008"), ckpt)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    state["source_sequences"][0] += 1  # one prose sequence the plan never drew
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    branch = recipe_factory(corpus, tmp_path / "run")(*SHORT, "train.zero_stage=2", f"run.init_from={ckpt}")
+    with pytest.raises(Exception, match=r"data accounting drifted at step 10: trained \["):
+        fit(branch)
+
+
+def _loss_of_each_document_alone(model, tokens: np.ndarray, eos: int) -> float:
+    """Mean next-token loss of packed rows, every document run through the model by itself."""
+    x, y = torch.tensor(tokens[:, :-1]), torch.tensor(tokens[:, 1:])
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for row, labels in zip(x, y):
+            cuts = [0] + [i + 1 for i in torch.nonzero(row == eos).flatten().tolist() if i + 1 < len(row)]
+            for a, b in zip(cuts, cuts[1:] + [len(row)]):
+                logits = model(input_ids=row[None, a:b]).logits[0]
+                nll += F.cross_entropy(logits, labels[a:b], reduction="sum").item()
+                count += b - a
+    return nll / count
+
+
+def test_reset_position_ids_trains_each_document_on_its_own(corpus, tok, tmp_path):
+    """With reset_position_ids, the loss the loop trains on is that of every document alone.
+
+    A wide init (std 0.4) makes attention peaky, so whether a token sees the
+    documents packed before it changes its loss measurably.
+    """
+    from smolray.model import build_model
+
+    recipe = recipe_factory(corpus, tmp_path / "run")(
+        "train.total_tokens=4096", "run.log_every_steps=1", "schedule.warmup_steps=1",
+        "eval.every_steps=0", "model.init_std=0.4", "data.reset_position_ids=true")
+    fit(recipe)  # one step: its loss is the untrained model's on step 0's sequences
+    logged = read_metrics(os.path.join(log_dir(recipe), "metrics.jsonl"))[0]
+    assert logged["step"] == 1
+    model = build_model(recipe.model, recipe.seed, tok.bos_token_id, tok.eos_token_id).eval()
+    plan = build_plan(recipe)
+    tokens = plan.read(0, 0, 16)["tokens"]
+    alone = _loss_of_each_document_alone(model, tokens, plan.eos_id)
+    assert logged["loss"] == pytest.approx(alone, rel=1e-5)
+    # And that is not the loss with documents attending across their boundaries.
+    with torch.no_grad():
+        x = torch.tensor(tokens)
+        packed = F.cross_entropy(model(input_ids=x[:, :-1]).logits.flatten(0, 1), x[:, 1:].flatten()).item()
+    assert abs(packed - alone) > 10 * 1e-5 * alone, (packed, alone)  # ~100x the tolerance above
 
 
 def test_post_training_starts_from_a_pretraining_checkpoint(runs, tmp_path):

@@ -14,6 +14,7 @@ keeps Ray's normal token lookup.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import secrets
 import shutil
@@ -155,10 +156,15 @@ class LocalHead:
         return os.path.join(os.path.dirname(sys.executable), "ray")
 
     def submit(self, entrypoint: list[str], working_dir: str = ".", timeout: float = 900,
-               capture: bool = False) -> subprocess.CompletedProcess:
-        """`ray job submit --working-dir ... -- entrypoint`, waiting for it to end."""
+               capture: bool = False, env_vars: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """`ray job submit --working-dir ... -- entrypoint`, waiting for it to end.
+
+        `env_vars` go to the job's driver and every worker it starts (its
+        runtime env), e.g. a bucket's endpoint and credentials.
+        """
+        runtime = [f"--runtime-env-json={json.dumps({'env_vars': env_vars})}"] if env_vars else []
         cmd = [self._ray, "job", "submit", f"--address={self.dashboard_url}",
-               f"--working-dir={working_dir}", "--", *entrypoint]
+               f"--working-dir={working_dir}", *runtime, "--", *entrypoint]
         return subprocess.run(cmd, env=self.env, timeout=timeout, capture_output=capture, text=True)
 
     def stop(self) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,12 +178,12 @@ def build_plan(recipe: Recipe, manifests: dict[str, Manifest] | None = None,
     problems: list[str] = []
     plans: list[SourcePlan] = []
     eos_ids: set[int] = set()
+    found = _read_manifests({n: d.source(n).shards for n in drawn if not (manifests and n in manifests)})
     for name in drawn:
         src = d.source(name)
-        try:
-            m = manifests[name] if manifests and name in manifests else read_manifest(src.shards)
-        except ShardError as e:
-            problems.append(f"data.sources.{name}.shards={src.shards!r}: {e}")
+        m = manifests[name] if manifests and name in manifests else found[name]
+        if isinstance(m, ShardError):
+            problems.append(f"data.sources.{name}.shards={src.shards!r}: {m}")
             continue
         longest = max(st.seq_len for st in stages if name in st.shares)
         if m.tokens < longest + 1:
@@ -229,6 +230,22 @@ def build_plan(recipe: Recipe, manifests: dict[str, Manifest] | None = None,
                     eos_id=eos_ids.pop())
     _check_epochs(plan, recipe)
     return plan
+
+
+def _read_manifests(uris: dict[str, str]) -> dict[str, Manifest | ShardError]:
+    """Every source's manifest at once: a recipe may name many buckets, each a round trip
+    (or, offline, seconds of failed lookups) away."""
+    if not uris:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(16, len(uris))) as pool:
+        futures = {name: pool.submit(read_manifest, uri) for name, uri in uris.items()}
+    out: dict[str, Manifest | ShardError] = {}
+    for name, f in futures.items():
+        try:
+            out[name] = f.result()
+        except ShardError as e:
+            out[name] = e
+    return out
 
 
 def _check_epochs(plan: DataPlan, recipe: Recipe) -> None:

@@ -15,7 +15,9 @@ import functools
 import hashlib
 import io
 import json
+import threading
 from dataclasses import asdict, dataclass, field
+from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -94,6 +96,13 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         import os
 
         return pafs.LocalFileSystem(), os.path.abspath(uri)
+    parts = urlsplit(uri)
+    if parts.scheme in ("s3", "gs"):
+        # One filesystem per bucket (and credentials and options): building
+        # one looks up the bucket's region, a round trip (seconds of retries
+        # offline) that every source in the bucket would otherwise repeat.
+        bucket = parts.netloc.rsplit("@", 1)[-1]
+        return _bucket_filesystem(parts.scheme, parts.netloc, parts.query), bucket + parts.path.rstrip("/")
     try:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -101,6 +110,25 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
         fs, path = fsspec.core.url_to_fs(uri)
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+_buckets: dict[tuple[str, str, str], pafs.FileSystem | OSError] = {}
+_buckets_lock = threading.Lock()
+
+
+def _bucket_filesystem(scheme: str, netloc: str, query: str) -> pafs.FileSystem:
+    # A failed lookup is remembered too: one bucket, one wait, in this process.
+    key = (scheme, netloc, query)
+    with _buckets_lock:
+        if key not in _buckets:
+            try:
+                _buckets[key] = pafs.FileSystem.from_uri(f"{scheme}://{netloc}" + (f"?{query}" if query else ""))[0]
+            except OSError as e:
+                _buckets[key] = e
+        got = _buckets[key]
+    if isinstance(got, OSError):
+        raise got
+    return got
 
 
 def join(base: str, name: str) -> str:
@@ -134,7 +162,10 @@ def write_manifest(fs: pafs.FileSystem, base: str, manifest: Manifest) -> None:
 
 
 def read_manifest(uri: str) -> Manifest:
-    fs, base = filesystem(uri)
+    try:
+        fs, base = filesystem(uri)
+    except OSError as e:  # e.g. a bucket whose region cannot be looked up offline
+        raise ShardError(f"{uri}: cannot reach its filesystem ({str(e).splitlines()[0][:300]})") from None
     path = join(base, MANIFEST)
     try:
         with fs.open_input_stream(path) as f:

@@ -104,8 +104,9 @@ def post_loop(cfg: PostLoopConfig) -> None:
         sums = _all_sum(window, device)
         tokens += int(sums["tokens"])
         m = _metrics(sums, dpo)
+        # resumed_from: the step this process started at, so a log proves where a rerun began.
         m.update(lr=float(engine.get_lr()[0]), epoch=done * B / len(rows), tokens=tokens,
-                 tokens_per_s=sums["tokens"] / (time.perf_counter() - t0))
+                 tokens_per_s=sums["tokens"] / (time.perf_counter() - t0), resumed_from=start)
         norm_ = engine.get_global_grad_norm()
         m["grad_norm"] = float(norm_) if norm_ is not None else float("nan")
         if log:

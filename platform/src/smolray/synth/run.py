@@ -82,8 +82,11 @@ def text_hash(text: str) -> str:
     return hashlib.blake2b(" ".join(text.split()).encode(), digest_size=16).hexdigest()
 
 
-def check_same_run(cfg: SynthConfig, out: str) -> None:
-    """A rerun must use the same model, sampling and mode as the rows already written."""
+def check_same_run(cfg: SynthConfig, out: str, record: bool = True) -> None:
+    """A rerun must use the same model, sampling and mode as the rows already written.
+
+    With `record`, a first run writes the settings it uses (run.json).
+    """
     path = os.path.join(out, "run.json")
     want = {"mode": cfg.mode, "model": cfg.model.source, "sampling": cfg.sampling.model_dump()}
     if os.path.exists(path):
@@ -92,7 +95,7 @@ def check_same_run(cfg: SynthConfig, out: str) -> None:
         if have != want:
             raise ValueError(f"{out} holds rows made with {have}; this run uses {want}. Give the job a new "
                              "`name` to start another source, or restore the old settings to resume")
-    else:
+    elif record:
         os.makedirs(out, exist_ok=True)
         with open(path, "w") as f:
             json.dump(want, f, indent=2)
@@ -136,8 +139,13 @@ def processor(cfg: SynthConfig):
     return build_processor(config, preprocess=pre, postprocess=post)
 
 
-def run(cfg: SynthConfig, planned: tuple[list[dict], int] | None = None, log=print) -> dict:
-    """Generate (or annotate) every planned row not yet on disk; the manifest."""
+def run(cfg: SynthConfig, planned: tuple[list[dict], int] | None = None, log=print,
+        stop_after_parts: int | None = None) -> dict:
+    """Generate (or annotate) every planned row not yet on disk; the manifest.
+
+    With `stop_after_parts`, stop once that many parts of results are on
+    disk (a time-limited allocation); the same call again continues.
+    """
     import ray
 
     out = out_dir(cfg)
@@ -149,7 +157,7 @@ def run(cfg: SynthConfig, planned: tuple[list[dict], int] | None = None, log=pri
     todo = [r for r in rows if r["id"] not in done]
     log(f"{cfg.name}: {len(rows)} planned, {len(rows) - len(todo)} already written, {len(todo)} to run")
     seen = set(_column(_parts(out, DATA), "text_hash")) if cfg.mode == "generate" else set()
-    failed = 0
+    failed = parts = 0
     if todo:
         # One input block per part: results stream back block by block, so
         # parts reach disk while the job runs instead of all at the end.
@@ -161,6 +169,10 @@ def run(cfg: SynthConfig, planned: tuple[list[dict], int] | None = None, log=pri
             _write_part(out, DROPPED, dropped)
             _write_part(out, DATA, kept)
             log(f"  part: {len(kept)} rows kept, {len(dropped)} dropped, {errors} failed (rerun retries them)")
+            parts += 1
+            if stop_after_parts and parts >= stop_after_parts:
+                log(f"stopped after {parts} parts; run the same command again to continue")
+                break
     manifest = summarize(cfg, out, len(rows), dup_inputs, failed)
     tmp = os.path.join(out, "manifest.json.tmp")
     with open(tmp, "w") as f:

@@ -3,8 +3,9 @@ from smolray.tokenizer.bpe import (
     SPECIAL_TOKENS,
     cached_tokenizer,
     fingerprint,
+    offline_fingerprint,
     load_tokenizer,
     train_bpe,
 )
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "cached_tokenizer", "fingerprint", "load_tokenizer", "train_bpe"]
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "cached_tokenizer", "fingerprint", "load_tokenizer", "offline_fingerprint", "train_bpe"]

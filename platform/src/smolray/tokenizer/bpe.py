@@ -79,20 +79,63 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     p = Path(path)
     if p.is_dir() and (p / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(str(p))
-    hint = (f"tokenizer {path}: no tokenizer.json there; train one with "
-            "`python jobs/train_tokenizer.py --config <recipe>`")
-    if p.is_dir() or str(path).startswith((".", "/")) or str(path).count("/") != 1:
-        raise FileNotFoundError(hint)
+    _check_hub_id(path)
     try:
         return AutoTokenizer.from_pretrained(str(path))  # hub id such as org/name
     except OSError as e:
-        raise FileNotFoundError(f"{hint} (and loading it from the hub failed: {e})") from None
+        raise FileNotFoundError(f"{_hint(path)} (and loading it from the hub failed: {e})") from None
+
+
+def _hint(path) -> str:
+    return (f"tokenizer {path}: no tokenizer.json there; train one with "
+            "`python jobs/train_tokenizer.py --config <recipe>`")
+
+
+def _check_hub_id(path) -> None:
+    p = Path(path)
+    if p.is_dir() or str(path).startswith((".", "/")) or str(path).count("/") != 1:
+        raise FileNotFoundError(_hint(path))
+
+
+def _tokenizer_json(path: str | Path, online: bool) -> str | None:
+    """The tokenizer.json behind a folder or hub id; None if offline and not cached."""
+    local = Path(path) / "tokenizer.json"
+    if local.is_file():
+        return str(local)
+    _check_hub_id(path)
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    if not online:
+        hit = try_to_load_from_cache(str(path), "tokenizer.json")
+        return hit if isinstance(hit, str) else None
+    try:
+        return hf_hub_download(str(path), "tokenizer.json")
+    except Exception as e:  # the hub's errors are many and unrelated; all mean "not there"
+        raise FileNotFoundError(f"{_hint(path)} (and fetching it from the hub failed: {e})") from None
 
 
 def fingerprint(path: str | Path) -> str:
-    """Identity of a tokenizer's vocabulary, recorded in every shard manifest."""
-    local = Path(path) / "tokenizer.json"
-    backend = (Tokenizer.from_file(str(local)) if local.is_file()
-               else load_tokenizer(path).backend_tokenizer)
-    data = backend.to_str().encode()
+    """Identity of a tokenizer's vocabulary, recorded in every shard manifest.
+
+    A hash of its tokenizer.json as the tokenizers library serializes it, so
+    a local folder and the same tokenizer fetched from the hub agree.
+    """
+    return _digest(_tokenizer_json(path, online=True))
+
+
+def _digest(tokenizer_json: str) -> str:
+    data = Tokenizer.from_file(tokenizer_json).to_str().encode()
     return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+
+
+def offline_fingerprint(path: str | Path) -> tuple[str | None, str | None]:
+    """(fingerprint, None) from a local folder or the local hub cache, else (None, why not).
+
+    For dry runs, which must answer in seconds with or without a network.
+    """
+    found = _tokenizer_json(path, online=False)
+    if found is None:
+        return None, (f"not checked: whether the shards were cut with tokenizer {path} (a hub id "
+                      "not in the local Hugging Face cache, and a dry run does not go online); "
+                      "point tokenizer at a local folder to check it")
+    return _digest(found), None

@@ -7,17 +7,17 @@ import yaml
 
 from smolray.data import mixture
 from smolray.data.plan import DataPlan
-from smolray.model import count_parameters
 from smolray.recipe import Recipe
 from smolray.train.schedule import from_recipe
 
 
-def describe(recipe: Recipe, plan: DataPlan | None, plan_error: str | None = None) -> str:
+def describe(recipe: Recipe, plan: DataPlan | None, plan_error: str | None = None,
+             unchecked: str | None = None) -> str:
     out = ["# resolved recipe", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False).rstrip(), ""]
     steps, per_step = recipe.total_steps, recipe.tokens_per_step
     out += [
         "# run",
-        f"parameters:        {count_parameters(recipe.model):,}",
+        f"parameters:        {recipe.model.num_parameters:,}",
         f"tokens per step:   {per_step:,} ({recipe.train.global_batch_size} sequences x "
         f"{recipe.data.seq_len} tokens; micro batch {recipe.train.micro_batch_size} x "
         f"{recipe.train.num_workers} workers x {recipe.grad_accum} accumulation)",
@@ -58,6 +58,8 @@ def describe(recipe: Recipe, plan: DataPlan | None, plan_error: str | None = Non
         for name, e in zip(plan.names, epochs):
             if e > 1:
                 out.append(f"warning: {name} repeats: {e:.2f} epochs")
+    if unchecked:
+        out += ["", unchecked]
     if plan_error:
         out += ["", "the plan cannot run yet (training would stop here):", plan_error]
     return "\n".join(out)

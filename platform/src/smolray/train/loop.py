@@ -81,6 +81,10 @@ def train_loop(cfg: LoopConfig) -> None:
         else:
             batches = itertools.chain([first], batches)
         _enter_stage(engine, st, world)
+        if n == 0 and start == 0 and r.eval.at_start and cfg.heldout:
+            base = validate(engine, cfg.heldout, r.eval.target, rank, world, device, st.micro_batch)
+            if log:
+                log.write(0, base)
         accum = st.grad_accum(world)
         for step in range(part.start_step, part.stop_step):
             for micro in range(accum):
@@ -116,6 +120,7 @@ def train_loop(cfg: LoopConfig) -> None:
                 raise RuntimeError(f"data accounting drifted at step {done}: trained {seq.tolist()} "
                                    f"sequences per source, the plan says {planned.tolist()}")
             metrics = _metrics(engine, window, plan, st, done, r, device, world)
+            metrics["resumed_from"] = start  # where this process began: logs prove where a rerun did
             if score:
                 metrics.update(validate(engine, cfg.heldout, r.eval.target, rank, world, device,
                                         st.micro_batch))

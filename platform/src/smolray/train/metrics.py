@@ -28,6 +28,12 @@ class MetricsLog:
         self._tb.close()
 
 
+def read_rows(path: str) -> list[dict]:
+    """Every row as written, in order: a resumed run's rows follow the first run's."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def read_metrics(path: str) -> list[dict]:
     """All rows of a metrics.jsonl; a resumed run appends, so keep the last row per step."""
     rows: dict[int, dict] = {}

@@ -10,20 +10,43 @@ from smolray.recipe import Recipe
 from smolray.train.metrics import read_metrics
 
 
+# The closing sample: sampled, not greedy (a small model's greedy text falls
+# into loops that read as broken), and seeded, so the same run prints the
+# same text.
+SAMPLING = {"temperature": 0.8, "top_p": 0.95, "seed": 0, "max_new_tokens": 32}
+
+
+def heldout_series(rows: list[dict]) -> dict[str, list[tuple[int, float, float]]]:
+    """(step, loss, bits per byte) of every validation, per source."""
+    out: dict[str, list[tuple[int, float, float]]] = {}
+    for r in rows:
+        for key in r:
+            if key.startswith("val/") and key.endswith("/loss"):
+                name = key[len("val/"):-len("/loss")]
+                out.setdefault(name, []).append((r["step"], r[key], r[f"val/{name}/bpb"]))
+    return out
+
+
 def plot_loss(rows: list[dict], png: str, title: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.5)
+    train = [r for r in rows if "loss" in r]
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=120)
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1.5, color="black",
+            label="training")
+    for name, pts in heldout_series(rows).items():
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, lw=1,
+                label=f"held-out {name}")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (nats/token)")
+    ax.set_ylabel("loss (nats/token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
     lr_ax = ax.twinx()
-    lr_ax.plot([r["step"] for r in rows], [r["lr"] for r in rows], color="tab:orange", lw=1, alpha=0.6)
+    lr_ax.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:orange", lw=1, alpha=0.5)
     lr_ax.set_ylabel("learning rate", color="tab:orange")
     fig.tight_layout()
     fig.savefig(png)
@@ -31,20 +54,24 @@ def plot_loss(rows: list[dict], png: str, title: str) -> str:
     return png
 
 
-def greedy_completion(model_dir: str, prompt: str, max_new_tokens: int = 24) -> str:
+def sampled_completion(model_dir: str, prompt: str, temperature: float, top_p: float, seed: int,
+                       max_new_tokens: int) -> str:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).float().eval()
     ids = tok(prompt, return_tensors="pt").input_ids
-    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                         top_p=top_p, top_k=0, pad_token_id=tok.pad_token_id)
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
 def build_summary(recipe: Recipe, plan: DataPlan, log_dir: str, checkpoint: str, export_dir: str,
                   prompt: str, sample_from: str | None = None) -> dict:
-    rows = read_metrics(os.path.join(log_dir, "metrics.jsonl"))
+    all_rows = read_metrics(os.path.join(log_dir, "metrics.jsonl"))
+    rows = [r for r in all_rows if "loss" in r]  # step 0 holds only the untrained model's validation
     last = rows[-1]
     names = [k.split("/", 1)[1] for k in last if k.startswith("tokens/")]
     tokens = {n: last[f"tokens/{n}"] for n in names}
@@ -53,6 +80,8 @@ def build_summary(recipe: Recipe, plan: DataPlan, log_dir: str, checkpoint: str,
     planned = dict(zip(plan.names, plan.tokens_through(recipe.total_steps).tolist()))
     planned_total = sum(planned.values())
     steady = [r["tokens_per_s"] for r in rows[1:]] or [last["tokens_per_s"]]
+    heldout = {name: {"first_step": pts[0][0], "first_bpb": pts[0][2], "last_step": pts[-1][0],
+                      "last_bpb": pts[-1][2]} for name, pts in heldout_series(all_rows).items()}
     return {
         "recipe": recipe.name,
         "steps": last["step"],
@@ -64,11 +93,13 @@ def build_summary(recipe: Recipe, plan: DataPlan, log_dir: str, checkpoint: str,
         "sources": {n: {"tokens": tokens[n], "realized": tokens[n] / total,
                         "target": planned[n] / planned_total, "epochs": last[f"epochs/{n}"]}
                     for n in names},
+        "heldout_bpb": heldout,
         "checkpoint": checkpoint,
         "export": export_dir,
-        "loss_curve": plot_loss(rows, os.path.join(log_dir, "loss.png"), recipe.name),
+        "loss_curve": plot_loss(all_rows, os.path.join(log_dir, "loss.png"), recipe.name),
         "prompt": prompt,
-        "completion": greedy_completion(sample_from or export_dir, prompt),
+        "sampling": SAMPLING,
+        "completion": sampled_completion(sample_from or export_dir, prompt, **SAMPLING),
     }
 
 
@@ -81,11 +112,18 @@ def format_summary(s: dict) -> str:
     ]
     for name, v in s["sources"].items():
         lines.append(f"{name:<12}{v['tokens']:>12,}{v['realized']:>10.1%}{v['target']:>8.1%}{v['epochs']:>8.2f}")
+    if s.get("heldout_bpb"):
+        h = next(iter(s["heldout_bpb"].values()))
+        lines.append(f"{'held-out':<12}{'bits per byte':>22}   (step {h['first_step']} -> {h['last_step']})")
+        for name, v in s["heldout_bpb"].items():
+            lines.append(f"{name:<12}{v['first_bpb']:>13.3f} -> {v['last_bpb']:.3f}")
+    k = s["sampling"]
     lines += [
         f"checkpoint  {s['checkpoint']}",
         f"export      {s['export']}",
         f"loss curve  {s['loss_curve']}",
-        f"greedy completion of {s['prompt']!r}:",
+        f"sample of {s['prompt']!r} (temperature {k['temperature']}, top-p {k['top_p']}, "
+        f"seed {k['seed']}, {k['max_new_tokens']} new tokens):",
         "  " + s["completion"].replace("\n", "\n  "),
     ]
     return "\n".join(lines)

@@ -7,7 +7,9 @@ every worker resumes from the latest complete checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -26,8 +28,13 @@ def output_dir(recipe) -> str:
 
 def log_dir(recipe) -> str:
     out = output_dir(recipe)
-    # TensorBoard writes local files; for a bucket, keep logs on the head's disk.
-    return os.path.join(out, "logs") if "://" not in out else f"/tmp/smolray/{recipe.name}/logs"
+    if "://" not in out:
+        return os.path.join(out, "logs")
+    # TensorBoard writes local files; for a bucket, keep logs on local disk
+    # (copied to <output_dir>/logs at the end), one folder per output URI so
+    # a run never appends to the logs of another run with the same name.
+    key = hashlib.sha256(out.encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"smolray-{os.getuid()}", f"{recipe.name}-{key}", "logs")
 
 
 def build_trainer(recipe: Recipe, plan: DataPlan, stop_at_step: int | None = None,

@@ -8,7 +8,7 @@ scores held-out loss every eval.every_steps, and a TuneReportCallback hands
 those reports to Tune, where ASHA stops the mixtures that fall behind.
 
 Layout of <output_dir>/<name>/:
-  trials.json            the planned trials (id -> mixture): a rerun must match
+  trials.json            the planned trials (id -> mixture and recipe): a rerun must match
   trials/<id>/           each trial's recipe.yaml and its Ray Train run
   tune/                  Tune's experiment state (what a rerun resumes from)
   results.csv, *.png, recommendation.json   written by smolray.tune.analysis
@@ -60,16 +60,20 @@ def one_trial(cfg: SweepConfig, tid: str, mixture: dict[str, float], out: str) -
 
 
 def write_trials(out: str, trials: list[Trial], record: bool = True) -> None:
-    """Write each trial's recipe; with `record`, the plan, refusing to mix two sweeps in one directory."""
+    """Write each trial's recipe; with `record`, the plan, refusing to mix two sweeps in one directory.
+
+    The plan holds every trial's whole recipe, so a rerun whose space, seed,
+    budget or base recipe changed is refused, naming the fields that differ.
+    """
     path = os.path.join(out, "trials.json")
-    planned = {t.id: t.mixture for t in trials}
+    planned = {t.id: {"mixture": t.mixture, "recipe": t.recipe.model_dump(mode="json")} for t in trials}
     if record and os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
         if old != planned:
-            raise RecipeError(f"{out} holds a sweep with other trials ({len(old)} planned there, "
-                              f"{len(planned)} here): the space, seed, budget or base recipe changed. "
-                              "Give the sweep a new name, or move that directory away to start over")
+            raise RecipeError(f"{out} holds a sweep planned differently ({_plan_change(old, planned)}). "
+                              "Give the sweep a new name to keep both, restore the old settings to "
+                              "resume it, or move that directory away to start over")
     for t in trials:
         os.makedirs(os.path.dirname(t.recipe_path), exist_ok=True)
         with open(t.recipe_path, "w") as f:
@@ -77,6 +81,26 @@ def write_trials(out: str, trials: list[Trial], record: bool = True) -> None:
     if record:
         with open(path, "w") as f:
             json.dump(planned, f, indent=2)
+
+
+def _plan_change(old: dict, new: dict) -> str:
+    if set(old) != set(new):
+        return f"trials {sorted(old)} there, {sorted(new)} here"
+    for tid in sorted(new):
+        if old[tid].get("mixture") != new[tid]["mixture"]:
+            return f"trial {tid}'s mixture was {old[tid].get('mixture')}, now {new[tid]['mixture']}"
+        fields = _changed(old[tid].get("recipe", {}), new[tid]["recipe"])
+        if fields:
+            return f"trial {tid}'s recipe changed in {', '.join(fields[:6])}"
+    return "unreadable plan"
+
+
+def _changed(a, b, prefix: str = "") -> list[str]:
+    """Dotted paths where two recipe dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [p for k in sorted(set(a) | set(b))
+                for p in _changed(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def _fit_trial(config: dict) -> None:
