@@ -10,7 +10,7 @@ import pytest
 from smolray.data.plan import DataPlanError, build_plan
 from smolray.recipe import RecipeError
 from smolray.train.metrics import read_metrics, read_rows
-from smolray.train.trainer import build_trainer, log_dir
+from smolray.train.trainer import log_dir
 
 from test_train import SHORT, fit, sample_log
 
@@ -98,7 +98,8 @@ def test_training_crosses_stages_and_resumes_mid_stage_exactly(make_recipe, tmp_
                        out=tmp_path / "run")
     with pytest.raises(Exception, match="changed stages the checkpoint has already trained"):
         fit(past)
-    assert fit(recipe, sample_log=samples).metrics["step"] == 12
+    result = fit(recipe, sample_log=samples)
+    assert result.metrics["step"] == 12
     assert sample_log(samples) == sample_log(tmp_path / "base-samples")
     resumed = read_metrics(os.path.join(log_dir(recipe), "metrics.jsonl"))
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in rows], rel=1e-4)
@@ -108,7 +109,6 @@ def test_training_crosses_stages_and_resumes_mid_stage_exactly(make_recipe, tmp_
 
     from smolray.train.export import export_hf
 
-    result = build_trainer(recipe, build_plan(recipe)).fit()  # finished: returns at once
     with result.checkpoint.as_directory() as d:
         out = export_hf(d, recipe, str(tmp_path / "export"))
     assert AutoConfig.from_pretrained(out).rope_parameters["rope_theta"] == 100000.0
