@@ -76,6 +76,7 @@ def start_local(temp_dir: str, num_cpus: int, **init_kwargs) -> None:
     # which a variable set now would miss) and finds our token there.
     # Workers inherit the variable from the raylet.
     os.environ["RAY_AUTH_TOKEN_PATH"] = private_token(temp_dir)
+    os.environ.update(_metric_ports())
     ray.init(address="local", num_cpus=num_cpus, _temp_dir=temp_dir, **init_kwargs)
 
 
@@ -84,6 +85,12 @@ def _shutdown_and_remove(temp_dir: str) -> None:
     # after this one: shut down first, then remove what the cluster wrote.
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _metric_ports() -> dict[str, str]:
+    """The autoscaler's and dashboard's Prometheus ports, which have no flag, only these
+    variables: left at their defaults (44217, 44227), two clusters on one machine collide."""
+    return {"AUTOSCALER_METRIC_PORT": str(_free_port()), "DASHBOARD_METRIC_PORT": str(_free_port())}
 
 
 def _free_port() -> int:
@@ -108,9 +115,10 @@ class LocalHead:
             "metrics-export-port", "node-manager-port", "object-manager-port",
             "ray-client-server-port")}
         # Every client we run (`ray job submit`, `serve run`, status calls)
-        # gets this env: our token, and no address of some other cluster.
+        # gets this env: our token, no address of some other cluster, and
+        # metric ports of its own.
         base = {k: v for k, v in os.environ.items() if k not in _FOREIGN}
-        self.env = {**base, **(env or {}), **private_env(self.temp_dir)}
+        self.env = {**base, **_metric_ports(), **(env or {}), **private_env(self.temp_dir)}
         self.proc: subprocess.Popen | None = None
 
     @property
