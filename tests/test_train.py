@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from smolray.data.plan import build_plan
+from smolray.train.flops import flops_per_token
 from smolray.train.metrics import read_metrics, read_rows
 from smolray.train.trainer import build_trainer, log_dir
 
@@ -55,6 +56,12 @@ def test_zero_stage_trains_and_loss_falls(runs, stage):
     for name, share in recipe.data.mixture.items():
         assert abs(rows[-1][f"share/{name}"] - share) < 0.02
     assert rows[-1]["lr"] == 0.0  # WSD reached its minimum on the last step
+    # Throughput per worker and achieved FLOP/s; no MFU on a CPU (no known peak).
+    for r in rows:
+        assert r["tokens_per_s_per_gpu"] == pytest.approx(r["tokens_per_s"] / 2)
+        assert r["tflops_per_gpu"] == pytest.approx(
+            r["tokens_per_s_per_gpu"] * flops_per_token(recipe.model, 256) / 1e12)
+        assert "mfu" not in r
     assert all(np.isfinite(r["grad_norm"]) for r in rows)
     events = os.listdir(os.path.join(log_dir(recipe), "tensorboard"))
     assert any(f.startswith("events.out.tfevents") for f in events)

@@ -87,6 +87,8 @@ def post_loop(cfg: PostLoopConfig) -> None:
         for micro in range(accum):
             mine = idx[(micro * world + rank) * mb:(micro * world + rank + 1) * mb]
             batch = rows.take(mine)
+            if device.type == "cuda":  # pinned: the objective's copies then do not block
+                batch = {k: v.pin_memory() for k, v in batch.items()}
             if dpo:
                 loss, stats = dpo_step(engine, batch, device, r.dpo.beta)
             else:
@@ -138,8 +140,10 @@ def _resume_state(ckpt, cfg: PostLoopConfig) -> TrainerState:
 
 
 def _all_sum(window: dict, device) -> dict:
+    """Sum the window's stats over ranks; the one place the host reads them."""
     keys = sorted(window)
-    t = torch.tensor([window[k] for k in keys], dtype=torch.float64, device=device)
+    t = torch.stack([torch.as_tensor(window[k], dtype=torch.float64, device=device).reshape(())
+                     for k in keys])
     dist.all_reduce(t)
     return dict(zip(keys, t.tolist()))
 

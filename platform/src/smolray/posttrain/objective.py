@@ -59,18 +59,24 @@ def token_logps(model, ids: torch.Tensor, lab: torch.Tensor, pos: torch.Tensor) 
     return -nll.view(tgt.shape)
 
 
+# The stats the objectives return are device tensors (summed by the loop,
+# read by the host only at log steps) or counts taken from the host batch:
+# never a host sync per micro step.
+
+
 def sft_loss(model, batch: dict, device) -> tuple[torch.Tensor, dict]:
     """Summed negative log-likelihood of the assistant tokens."""
-    ids, lab, pos = (batch[k].to(device) for k in ("input_ids", "labels", "position_ids"))
+    ids, lab, pos = (batch[k].to(device, non_blocking=True) for k in ("input_ids", "labels", "position_ids"))
     lp = token_logps(model, ids, lab, pos)
     loss = -lp.sum()
-    return loss, {"nll": loss.item(), "trained": int((lab[:, 1:] != IGNORE).sum()),
-                  "tokens": ids.numel()}
+    host = batch["labels"]
+    return loss, {"nll": loss.detach(), "trained": int((host[:, 1:] != IGNORE).sum()),
+                  "tokens": host.numel()}
 
 
 def response_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probabilities of the chosen and rejected replies, in one forward."""
-    ids, lab, pos = (torch.cat([batch["chosen_" + k], batch["rejected_" + k]]).to(device)
+    ids, lab, pos = (torch.cat([batch["chosen_" + k], batch["rejected_" + k]]).to(device, non_blocking=True)
                      for k in ("input_ids", "labels", "position_ids"))
     lp = token_logps(model, ids, lab, pos).sum(-1)
     n = len(batch["chosen_input_ids"])
@@ -92,9 +98,10 @@ def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Ten
 
 def dpo_step(model, batch: dict, device, beta: float) -> tuple[torch.Tensor, dict]:
     pc, pr = response_logps(model, batch, device)
-    losses, r_c, r_r = dpo_loss(pc, pr, batch["ref_chosen"].to(device), batch["ref_rejected"].to(device), beta)
+    ref_c, ref_r = (batch[k].to(device, non_blocking=True) for k in ("ref_chosen", "ref_rejected"))
+    losses, r_c, r_r = dpo_loss(pc, pr, ref_c, ref_r, beta)
     ids = batch["chosen_input_ids"]
-    return losses.sum(), {"loss": losses.sum().item(), "reward_chosen": r_c.sum().item(),
-                          "reward_rejected": r_r.sum().item(),
-                          "correct": float((r_c > r_r).sum()), "logp_chosen": pc.sum().item(),
-                          "logp_rejected": pr.sum().item(), "pairs": len(ids), "tokens": 2 * ids.numel()}
+    return losses.sum(), {"loss": losses.detach().sum(), "reward_chosen": r_c.sum(),
+                          "reward_rejected": r_r.sum(), "correct": (r_c > r_r).sum(),
+                          "logp_chosen": pc.detach().sum(), "logp_rejected": pr.detach().sum(),
+                          "pairs": len(ids), "tokens": 2 * ids.numel()}

@@ -8,7 +8,21 @@ import yaml
 from smolray.data import mixture
 from smolray.data.plan import DataPlan
 from smolray.recipe import Recipe
+from smolray.train.flops import TARGET_MFU, flops_per_token, peak_tflops
 from smolray.train.schedule import from_recipe
+
+
+def _flops_lines(recipe: Recipe) -> list[str]:
+    """FLOPs per token at each sequence length the run trains, and the tokens/s per GPU
+    that the target MFU needs on an H100 (the figure to compare a GPU run's log with)."""
+    h100 = peak_tflops("H100")
+    out = []
+    for seq in dict.fromkeys(st.seq_len for st in recipe.stages):
+        f = flops_per_token(recipe.model, seq)
+        need = TARGET_MFU * h100 * 1e12 / f
+        out.append(f"flops per token:   {f:,} at seq_len {seq} (6N + 12 L H Dh T); "
+                   f"{TARGET_MFU:.0%} MFU on an H100 ({h100:g} TFLOP/s bf16) is {need:,.0f} tokens/s per GPU")
+    return out
 
 
 def describe(recipe: Recipe, plan: DataPlan | None, plan_error: str | None = None,
@@ -23,6 +37,7 @@ def describe(recipe: Recipe, plan: DataPlan | None, plan_error: str | None = Non
         f"{recipe.train.num_workers} workers x {recipe.grad_accum} accumulation)",
         f"optimizer steps:   {steps:,}",
         f"total tokens:      {steps * per_step:,} (budget {recipe.train.total_tokens:,})",
+        *_flops_lines(recipe),
         "",
         "# learning rate (WSD)",
     ]

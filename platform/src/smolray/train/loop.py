@@ -21,6 +21,7 @@ from smolray.recipe import Recipe
 from smolray.recipe.timeline import Stage
 from smolray.train.checkpoint import CheckpointError, TrainerState, load_engine, save_checkpoint, verify
 from smolray.train.engine import build_engine
+from smolray.train.flops import device_name, flops_per_token, peak_tflops, utilization
 from smolray.train.schedule import from_recipe
 from smolray.train.validate import validate
 
@@ -57,7 +58,7 @@ def train_loop(cfg: LoopConfig) -> None:
         return
 
     parts = _stage_parts(plan, rank, world, start, stop)
-    batches = _open(plan, parts[0], r)
+    batches = _open(plan, parts[0], r, device)
     # Pull the first batch before building the engine: the pipeline then
     # fills its prefetch buffer while DeepSpeed initializes.
     first = next(batches)
@@ -73,11 +74,15 @@ def train_loop(cfg: LoopConfig) -> None:
     local_seq = np.zeros(len(names), dtype=np.int64)  # sequences per source since `start`
     log = _metrics_log(cfg.log_dir) if rank == 0 else None
     samples = _sample_log(cfg.sample_log, rank, start)
-    window = _Window()
+    peak = peak_tflops(device_name(device))
+    if rank == 0 and peak is None:
+        print(f"no MFU: {device_name(device)} has no known bf16 peak (smolray.train.flops); "
+              "logging tflops_per_gpu only")
+    window = _Window(device)
     for n, part in enumerate(parts):
         st = plan.stages[part.stage].stage
         if n:
-            batches = _open(plan, part, r)
+            batches = _open(plan, part, r, device)
         else:
             batches = itertools.chain([first], batches)
         _enter_stage(engine, st, world)
@@ -91,20 +96,20 @@ def train_loop(cfg: LoopConfig) -> None:
                 t_wait = time.perf_counter()
                 batch = next(batches)
                 window.wait += time.perf_counter() - t_wait
-                x = batch["input_ids"].to(device)
-                kw = {"position_ids": batch["position_ids"].to(device)} if "position_ids" in batch else {}
+                inputs = to_device(batch, device)
+                kw = {"position_ids": inputs["position_ids"]} if "position_ids" in inputs else {}
                 # No KV cache: with one, transformers ignores the position restarts
                 # (reset_position_ids) that keep documents from attending to each other.
-                logits = engine(input_ids=x, use_cache=False, **kw).logits
-                loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].to(device).flatten())
+                logits = engine(input_ids=inputs["input_ids"], use_cache=False, **kw).logits
+                loss = F.cross_entropy(logits.float().flatten(0, 1), inputs["labels"].flatten())
                 # Explicit boundaries: the accumulation count changes between stages.
                 engine.set_gradient_accumulation_boundary(micro == accum - 1)
                 engine.backward(loss)
                 engine.step()
-                window.loss += loss.item()
+                # On the device: the host reads the sum only at log steps.
+                window.loss += loss.detach()
                 window.micro += 1
-                src = batch["source"].numpy()
-                local_seq += np.bincount(src, minlength=len(names))
+                local_seq += host_counts(batch, len(names))
                 if samples:
                     _log_samples(samples, step, batch, names)
             window.steps += 1
@@ -119,7 +124,7 @@ def train_loop(cfg: LoopConfig) -> None:
             if not np.array_equal(seq, planned):
                 raise RuntimeError(f"data accounting drifted at step {done}: trained {seq.tolist()} "
                                    f"sequences per source, the plan says {planned.tolist()}")
-            metrics = _metrics(engine, window, plan, st, done, r, device, world)
+            metrics = _metrics(engine, window, plan, st, done, r, device, world, peak)
             metrics["resumed_from"] = start  # where this process began: logs prove where a rerun did
             if score:
                 metrics.update(validate(engine, cfg.heldout, r.eval.target, rank, world, device,
@@ -139,21 +144,36 @@ def train_loop(cfg: LoopConfig) -> None:
                 save_checkpoint(engine, new, rank, metrics, recipe=r)
             else:
                 ray.train.report({**metrics, "step": done})
-            window = _Window()  # throughput windows exclude logging and checkpoint time
+            window = _Window(device)  # throughput windows exclude logging and checkpoint time
     if log:
         log.close()
     if samples:
         samples.close()
 
 
-@dataclass
-class _Window:
-    loss: float = 0.0
-    micro: int = 0
-    wait: float = 0.0
-    steps: int = 0
+# What the model reads; every other column (source, stage, index, epoch,
+# doc, offset) is bookkeeping that stays on the host.
+MODEL_INPUTS = ("input_ids", "labels", "position_ids")
 
-    def __post_init__(self):
+
+def to_device(batch: dict, device) -> dict:
+    """The model's columns on its device (from pinned host memory on GPUs, without blocking)."""
+    return {k: batch[k].to(device, non_blocking=True) for k in MODEL_INPUTS if k in batch}
+
+
+def host_counts(batch: dict, sources: int) -> np.ndarray:
+    """Sequences per source in a batch, from its host-side metadata."""
+    return np.bincount(batch["source"].numpy(), minlength=sources)
+
+
+class _Window:
+    """One logging window: its loss summed on the device, its counts and times on the host."""
+
+    def __init__(self, device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.micro = 0
+        self.wait = 0.0
+        self.steps = 0
         self.t0 = time.perf_counter()
 
 
@@ -165,10 +185,14 @@ def _stage_parts(plan: DataPlan, rank: int, world: int, start: int, stop: int) -
     return parts
 
 
-def _open(plan: DataPlan, part: RankSlice, r: Recipe):
+def _open(plan: DataPlan, part: RankSlice, r: Recipe, device):
     ds = build_dataset(plan, part, position_ids=r.data.reset_position_ids)
     st = plan.stages[part.stage].stage
-    return iter(ds.iter_torch_batches(batch_size=st.micro_batch, prefetch_batches=r.train.prefetch_batches))
+    # Batches land on the host: Ray's default ("auto") is the worker's GPU,
+    # which would put the metadata there too. Pinned memory lets the model's
+    # columns then cross without blocking.
+    return iter(ds.iter_torch_batches(batch_size=st.micro_batch, prefetch_batches=r.train.prefetch_batches,
+                                      device="cpu", pin_memory=getattr(device, "type", "") == "cuda"))
 
 
 def _enter_stage(engine, st: Stage, world: int) -> None:
@@ -199,10 +223,12 @@ def _all_sum(counts: np.ndarray, device) -> np.ndarray:
 
 
 def _metrics(engine, window: _Window, plan: DataPlan, st: Stage, done: int, r: Recipe, device,
-             world: int) -> dict:
-    agg = torch.tensor([window.loss, window.micro, window.wait], device=device, dtype=torch.float64)
+             world: int, peak: float | None) -> dict:
+    agg = torch.cat([window.loss.reshape(1),
+                     torch.tensor([window.micro, window.wait], device=device, dtype=torch.float64)])
     dist.all_reduce(agg)
     elapsed = time.perf_counter() - window.t0
+    tokens_per_s = window.steps * r.tokens_per_step / elapsed
     norm = engine.get_global_grad_norm()
     tokens = plan.tokens_through(done)
     # Realized shares within the current stage, against its target.
@@ -212,7 +238,9 @@ def _metrics(engine, window: _Window, plan: DataPlan, st: Stage, done: int, r: R
         "loss": float(agg[0] / agg[1]),
         "lr": float(engine.get_lr()[0]),
         "grad_norm": float(norm) if norm is not None else float("nan"),
-        "tokens_per_s": window.steps * r.tokens_per_step / elapsed,
+        "tokens_per_s": tokens_per_s,
+        "tokens_per_s_per_gpu": tokens_per_s / world,
+        **utilization(tokens_per_s / world, flops_per_token(r.model, st.seq_len), peak),
         # Mean over ranks of the time spent waiting for the next batch.
         "data_wait_frac": float(agg[2] / world) / elapsed,
         "tokens": int(tokens.sum()),

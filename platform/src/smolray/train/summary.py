@@ -46,8 +46,8 @@ def plot_loss(rows: list[dict], png: str, title: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     lr_ax = ax.twinx()
-    lr_ax.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:orange", lw=1, alpha=0.5)
-    lr_ax.set_ylabel("learning rate", color="tab:orange")
+    lr_ax.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:gray", lw=1, ls="--")
+    lr_ax.set_ylabel("learning rate (dashed)", color="tab:gray")
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
@@ -89,6 +89,7 @@ def build_summary(recipe: Recipe, plan: DataPlan, log_dir: str, checkpoint: str,
         "first_loss": rows[0]["loss"],
         "tokens": total,
         "tokens_per_s": sum(steady) / len(steady),
+        **_mean(rows[1:] or [last], ("tokens_per_s_per_gpu", "tflops_per_gpu", "mfu")),
         "data_wait_frac": sum(r["data_wait_frac"] for r in rows) / len(rows),
         "sources": {n: {"tokens": tokens[n], "realized": tokens[n] / total,
                         "target": planned[n] / planned_total, "epochs": last[f"epochs/{n}"]}
@@ -103,11 +104,17 @@ def build_summary(recipe: Recipe, plan: DataPlan, log_dir: str, checkpoint: str,
     }
 
 
+def _mean(rows: list[dict], keys: tuple[str, ...]) -> dict:
+    """Means over the steady rows of the keys they carry (mfu only on GPUs of known peak)."""
+    return {k: sum(r[k] for r in rows) / len(rows) for k in keys if rows and all(k in r for r in rows)}
+
+
 def format_summary(s: dict) -> str:
     lines = [
         f"run {s['recipe']}: {s['steps']} steps, {s['tokens']:,} tokens, "
         f"loss {s['first_loss']:.3f} -> {s['final_loss']:.3f}",
         f"throughput {s['tokens_per_s']:,.0f} tokens/s; {s['data_wait_frac']:.2%} of step time waiting for data",
+        _per_device(s),
         f"{'source':<12}{'tokens':>12}{'realized':>10}{'target':>8}{'epochs':>8}",
     ]
     for name, v in s["sources"].items():
@@ -127,6 +134,13 @@ def format_summary(s: dict) -> str:
         "  " + s["completion"].replace("\n", "\n  "),
     ]
     return "\n".join(lines)
+
+
+def _per_device(s: dict) -> str:
+    if "tflops_per_gpu" not in s:
+        return "per worker: not measured"
+    mfu = f"MFU {s['mfu']:.1%}" if "mfu" in s else "no MFU (no known bf16 peak for this device, e.g. a CPU)"
+    return (f"per worker {s['tokens_per_s_per_gpu']:,.0f} tokens/s, {s['tflops_per_gpu']:.3f} TFLOP/s; {mfu}")
 
 
 def write_summary(s: dict, path: str) -> None:
