@@ -161,7 +161,7 @@ def s3_server():
 
     Yields its port. Clients reach it over HTTP exactly as they would a bucket.
     """
-    boto3 = pytest.importorskip("boto3")
+    pytest.importorskip("boto3")
     from moto.server import ThreadedMotoServer
 
     with socket.socket() as s:
@@ -169,14 +169,21 @@ def s3_server():
         port = s.getsockname()[1]
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
+    client = s3_client(port)
     for bucket in ("corpus", "runs"):
         client.create_bucket(Bucket=bucket)
     for name in ("prose", "code", "math"):
         client.upload_file(str(SAMPLE / f"{name}.jsonl"), "corpus", f"raw/{name}/part-0.jsonl")
     yield port
     server.stop()
+
+
+def s3_client(port: int):
+    """A boto3 S3 client of the test server, for the tests' own reads and writes."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                        aws_access_key_id="test", aws_secret_access_key="test")
 
 
 def s3_env(port: int) -> dict[str, str]:

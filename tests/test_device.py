@@ -33,7 +33,8 @@ def test_mfu_only_against_a_known_peak():
     from smolray.train.flops import peak_tflops, utilization
 
     assert peak_tflops("NVIDIA H100 80GB HBM3") == 989 and peak_tflops("NVIDIA H200") == 989
-    assert peak_tflops("NVIDIA H100 PCIe") == 756 and peak_tflops("NVIDIA A100-SXM4-80GB") == 312
+    assert peak_tflops("NVIDIA H100 PCIe") == 756 and peak_tflops("NVIDIA H100 NVL") == 835
+    assert peak_tflops("NVIDIA GH200 480GB") == 989 and peak_tflops("NVIDIA A100-SXM4-80GB") == 312
     assert peak_tflops("cpu") is None and peak_tflops("Tesla T4") is None
     # 135M at 2048: 1.2318 GFLOP/token; 361,300 tokens/s on an H100 is 45% of its peak.
     got = utilization(361_300, 1_231_763_328, 989.0)
@@ -45,7 +46,8 @@ def test_batches_stay_on_the_host_and_only_model_inputs_move(make_recipe):
     """On a GPU worker Ray's default batch device ("auto") is the GPU; the loop asks for the host."""
     from smolray.data.plan import build_plan
     from smolray.data.stream import rank_slice
-    from smolray.train.loop import MODEL_INPUTS, _log_samples, _open, _Window, host_counts, to_device
+    from smolray.train.loop import (MODEL_INPUTS, _log_samples, _open, _Window, host_counts, micro_step,
+                                    to_device)
 
     recipe = make_recipe("data.reset_position_ids=true")
     plan = build_plan(recipe)
@@ -64,9 +66,41 @@ def test_batches_stay_on_the_host_and_only_model_inputs_move(make_recipe):
     log = Log()
     _log_samples(log, 0, batch, plan.names)
     assert len(log) == len(batch["input_ids"])
+    # The loop's micro step on the meta device: a host read of the loss would raise.
+    engine = _MetaEngine(recipe.model.vocab_size)
     window = _Window(META)
-    window.loss += torch.ones((), device=META)  # summed on the device, never read per step
-    assert window.loss.device == META
+    micro_step(engine, batch, META, window, boundary=True)
+    assert window.micro == 1 and window.loss.device == META
+    assert engine.calls == ["boundary=True", "backward", "step"]
+    assert set(engine.seen) == {"input_ids", "position_ids"}  # positions reached the model
+
+
+class _MetaEngine(torch.nn.Module):
+    """What micro_step needs of a DeepSpeed engine, on the meta device."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        with META:
+            self.emb = torch.nn.Embedding(vocab, 8)
+            self.head = torch.nn.Linear(8, vocab)
+        self.calls, self.seen = [], []
+
+    def forward(self, input_ids, use_cache, position_ids=None):
+        from types import SimpleNamespace
+
+        assert input_ids.device == META and not use_cache
+        self.seen = ["input_ids"] + (["position_ids"] if position_ids is not None else [])
+        return SimpleNamespace(logits=self.head(self.emb(input_ids)))
+
+    def set_gradient_accumulation_boundary(self, value):
+        self.calls.append(f"boundary={value}")
+
+    def backward(self, loss):
+        assert loss.device == META
+        self.calls.append("backward")
+
+    def step(self):
+        self.calls.append("step")
 
 
 def test_post_training_objectives_never_read_a_device_tensor_on_the_host():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, TINY, recipe_overrides, s3_env
+from conftest import ROOT, TINY, recipe_overrides, s3_client, s3_env
 
 PY = sys.executable
 
@@ -144,8 +144,6 @@ def test_stdlib_platform_on_a_worker_with_the_repo_as_working_dir(head):
 
 def test_ray_job_submit_runs_pretrain_end_to_end_into_a_bucket(head, corpus, s3_server, tmp_path):
     """The main job as on a cloud: checkpoints, export and logs land in a bucket."""
-    import boto3
-
     prefix = f"e2e-{uuid.uuid4().hex[:8]}"
     sets = recipe_overrides(corpus["tokenizer"], corpus["root"], tmp_path) + [
         f"run.output_dir=s3://runs/{prefix}", "train.total_tokens=32768", "schedule.warmup_steps=2",
@@ -154,13 +152,13 @@ def test_ray_job_submit_runs_pretrain_end_to_end_into_a_bucket(head, corpus, s3_
     res = head.submit(["python", "jobs/pretrain.py", "--config", str(TINY.relative_to(ROOT)), *args],
                       working_dir=str(ROOT), timeout=600, capture=True, env_vars=s3_env(s3_server))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    bucket = boto3.resource("s3", endpoint_url=f"http://127.0.0.1:{s3_server}", region_name="us-east-1",
-                            aws_access_key_id="test", aws_secret_access_key="test").Bucket("runs")
-    keys = {o.key[len(prefix) + 1:] for o in bucket.objects.filter(Prefix=prefix + "/")}
+    client = s3_client(s3_server)
+    listed = client.get_paginator("list_objects_v2").paginate(Bucket="runs", Prefix=prefix + "/")
+    keys = {o["Key"][len(prefix) + 1:] for page in listed for o in page.get("Contents", [])}
     assert {"export/config.json", "export/model.safetensors", "export/tokenizer.json"} <= keys
     assert {"logs/metrics.jsonl", "logs/summary.json", "logs/loss.png"} <= keys  # the logs were copied
     assert any(k.startswith("ray/tiny/step-00000008/") for k in keys)  # checkpoints went there too
-    summary = json.loads(bucket.Object(f"{prefix}/logs/summary.json").get()["Body"].read())
+    summary = json.loads(client.get_object(Bucket="runs", Key=f"{prefix}/logs/summary.json")["Body"].read())
     assert summary["steps"] == 8 and summary["final_loss"] < summary["first_loss"]
     assert summary["export"] == f"s3://runs/{prefix}/export" and summary["completion"]
     # Held-out bits per byte from the untrained model (step 0) to the end, per source.

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
-from conftest import SAMPLE, TINY, recipe_overrides
+from conftest import SAMPLE, TINY, recipe_overrides, s3_client
 
 
 def uri(port: int, key: str) -> str:
@@ -84,14 +84,11 @@ def test_publish_copies_a_folder_to_the_bucket(s3_server, tmp_path):
 
 
 def test_sft_and_dpo_read_conversations_from_s3(s3_server, ray_cluster, init_model, tmp_path, capsys):
-    import boto3
-
     from conftest import ROOT
     from smolray.posttrain.job import run_job
     from smolray.recipe.post import DPORecipe, SFTRecipe
 
-    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{s3_server}", region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
+    client = s3_client(s3_server)
     for kind, cls in (("sft", SFTRecipe), ("dpo", DPORecipe)):
         client.upload_file(str(SAMPLE / "chat" / f"{kind}.jsonl"), "corpus", f"chat/{kind}.jsonl")
         run_job(cls, argparse.Namespace(

@@ -28,7 +28,7 @@ import time
 import ray
 
 # Variables that would point our own cluster's processes at another cluster
-# or another token; `private_env` drops them.
+# or another token; LocalHead and start_local drop them.
 _FOREIGN = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
 
 

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit
 
@@ -112,23 +113,30 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
-_buckets: dict[tuple[str, str, str], pafs.FileSystem | OSError] = {}
+_buckets: dict[tuple[str, str, str], pafs.FileSystem] = {}
+_failed: dict[tuple[str, str, str], tuple[float, OSError]] = {}
 _buckets_lock = threading.Lock()
+_RETRY_AFTER_S = 60.0
 
 
 def _bucket_filesystem(scheme: str, netloc: str, query: str) -> pafs.FileSystem:
-    # A failed lookup is remembered too: one bucket, one wait, in this process.
+    # A failed lookup is remembered for a minute: the sources of one bucket
+    # (read in parallel by build_plan) wait once, not once each, and a
+    # long-lived worker still recovers from a passing network error.
     key = (scheme, netloc, query)
     with _buckets_lock:
-        if key not in _buckets:
-            try:
-                _buckets[key] = pafs.FileSystem.from_uri(f"{scheme}://{netloc}" + (f"?{query}" if query else ""))[0]
-            except OSError as e:
-                _buckets[key] = e
-        got = _buckets[key]
-    if isinstance(got, OSError):
-        raise got
-    return got
+        if key in _buckets:
+            return _buckets[key]
+        when, error = _failed.get(key, (0.0, None))
+        if error is not None and time.monotonic() - when < _RETRY_AFTER_S:
+            raise error
+        try:
+            fs = pafs.FileSystem.from_uri(f"{scheme}://{netloc}" + (f"?{query}" if query else ""))[0]
+        except OSError as e:
+            _failed[key] = (time.monotonic(), e)
+            raise
+        _buckets[key] = fs
+        return fs
 
 
 def join(base: str, name: str) -> str:

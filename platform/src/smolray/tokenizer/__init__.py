@@ -3,8 +3,8 @@ from smolray.tokenizer.bpe import (
     SPECIAL_TOKENS,
     cached_tokenizer,
     fingerprint,
-    offline_fingerprint,
     load_tokenizer,
+    offline_fingerprint,
     train_bpe,
 )
 

@@ -17,9 +17,9 @@ from smolray.recipe import ModelConfig
 # sheets, matched in order against torch.cuda.get_device_name().
 PEAK_BF16_TFLOPS: list[tuple[tuple[str, ...], float]] = [
     (("H100", "PCIe"), 756.0),
+    (("H100", "NVL"), 835.0),
     (("H100",), 989.0),  # SXM ("NVIDIA H100 80GB HBM3")
-    (("H200",), 989.0),
-    (("GH200",), 989.0),
+    (("H200",), 989.0),  # also GH200
     (("B200",), 2250.0),
     (("A100",), 312.0),
     (("L40S",), 362.0),

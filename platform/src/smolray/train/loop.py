@@ -96,19 +96,7 @@ def train_loop(cfg: LoopConfig) -> None:
                 t_wait = time.perf_counter()
                 batch = next(batches)
                 window.wait += time.perf_counter() - t_wait
-                inputs = to_device(batch, device)
-                kw = {"position_ids": inputs["position_ids"]} if "position_ids" in inputs else {}
-                # No KV cache: with one, transformers ignores the position restarts
-                # (reset_position_ids) that keep documents from attending to each other.
-                logits = engine(input_ids=inputs["input_ids"], use_cache=False, **kw).logits
-                loss = F.cross_entropy(logits.float().flatten(0, 1), inputs["labels"].flatten())
-                # Explicit boundaries: the accumulation count changes between stages.
-                engine.set_gradient_accumulation_boundary(micro == accum - 1)
-                engine.backward(loss)
-                engine.step()
-                # On the device: the host reads the sum only at log steps.
-                window.loss += loss.detach()
-                window.micro += 1
+                micro_step(engine, batch, device, window, boundary=micro == accum - 1)
                 local_seq += host_counts(batch, len(names))
                 if samples:
                     _log_samples(samples, step, batch, names)
@@ -175,6 +163,22 @@ class _Window:
         self.wait = 0.0
         self.steps = 0
         self.t0 = time.perf_counter()
+
+
+def micro_step(engine, batch: dict, device, window: _Window, boundary: bool) -> None:
+    """Forward and backward of one micro batch, with no host sync: the loss is summed on the device."""
+    inputs = to_device(batch, device)
+    kw = {"position_ids": inputs["position_ids"]} if "position_ids" in inputs else {}
+    # No KV cache: with one, transformers ignores the position restarts
+    # (reset_position_ids) that keep documents from attending to each other.
+    logits = engine(input_ids=inputs["input_ids"], use_cache=False, **kw).logits
+    loss = F.cross_entropy(logits.float().flatten(0, 1), inputs["labels"].flatten())
+    # Explicit boundaries: the accumulation count changes between stages.
+    engine.set_gradient_accumulation_boundary(boundary)
+    engine.backward(loss)
+    engine.step()
+    window.loss += loss.detach()
+    window.micro += 1
 
 
 def _stage_parts(plan: DataPlan, rank: int, world: int, start: int, stop: int) -> list[RankSlice]:

@@ -137,8 +137,6 @@ def format_summary(s: dict) -> str:
 
 
 def _per_device(s: dict) -> str:
-    if "tflops_per_gpu" not in s:
-        return "per worker: not measured"
     mfu = f"MFU {s['mfu']:.1%}" if "mfu" in s else "no MFU (no known bf16 peak for this device, e.g. a CPU)"
     return (f"per worker {s['tokens_per_s_per_gpu']:,.0f} tokens/s, {s['tflops_per_gpu']:.3f} TFLOP/s; {mfu}")
 
