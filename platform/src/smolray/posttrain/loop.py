@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from smolray.data.permute import key_for, permute
+from smolray.model.loss import DESCRIPTIONS, choose, use_loss_head
 from smolray.posttrain.objective import Rows, dpo_step, sft_loss
 from smolray.posttrain.reference import load_causal_lm
 from smolray.recipe.post import DPORecipe, PostRecipe
@@ -69,8 +70,11 @@ def post_loop(cfg: PostLoopConfig) -> None:
     if start >= stop:
         return
     reshard = bool(state) and state.world_size != world and r.train.zero_stage > 0
-    engine = build_engine(load_causal_lm(cfg.init_dir), r.optim, r.train, sched, world,
-                          load_universal=reshard)
+    model = load_causal_lm(cfg.init_dir)
+    loss_impl = use_loss_head(model, choose(r.train.lm_loss, device))
+    if rank == 0:
+        print(f"loss: {DESCRIPTIONS[loss_impl]}")
+    engine = build_engine(model, r.optim, r.train, sched, world, load_universal=reshard)
     if ckpt:
         load_engine(engine, ckpt, reshard, r.train.zero_stage)
     engine.train()

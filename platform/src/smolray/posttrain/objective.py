@@ -14,6 +14,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from smolray.model.loss import lm_loss
 from smolray.posttrain.chat import IGNORE
 from smolray.posttrain.prepare import EXAMPLES
 
@@ -51,12 +52,9 @@ class Rows:
 
 def token_logps(model, ids: torch.Tensor, lab: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Log-probability of each labelled next token, 0 where not trained; [B, L-1]."""
-    # use_cache=False: with a KV cache transformers ignores the position restarts
-    # that keep packed conversations from attending to each other.
-    logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits[:, :-1].float()
-    tgt = lab[:, 1:]
-    nll = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=IGNORE, reduction="none")
-    return -nll.view(tgt.shape)
+    # Position i predicts token i + 1; the last position predicts nothing.
+    tgt = F.pad(lab[:, 1:], (0, 1), value=IGNORE)
+    return -lm_loss(model, ids, tgt, pos)[:, :-1]
 
 
 # The stats the objectives return are device tensors (summed by the loop,

@@ -214,6 +214,10 @@ class EngineConfig(_Strict):
     num_workers: int = Field(default=1, gt=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
+    # The next-token loss (smolray.model.loss). auto: torch's chunked linear
+    # cross-entropy where torch has it, else Liger's kernel on CUDA if
+    # installed, else plain (full logits). The run's log names the choice.
+    lm_loss: Literal["auto", "chunked", "liger", "plain"] = "auto"
 
     @model_validator(mode="after")
     def _batch(self) -> EngineConfig:

@@ -11,12 +11,12 @@ import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from smolray.data.plan import DataPlan
 from smolray.data.stream import RankSlice, build_dataset, rank_slice
 from smolray.eval.loss import Windows
 from smolray.model import build_model, set_rope_theta
+from smolray.model.loss import DESCRIPTIONS, choose, lm_loss, use_loss_head
 from smolray.recipe import Recipe
 from smolray.recipe.timeline import Stage
 from smolray.train.checkpoint import CheckpointError, TrainerState, load_engine, save_checkpoint, verify
@@ -64,8 +64,9 @@ def train_loop(cfg: LoopConfig) -> None:
     first = next(batches)
     # ZeRO shards are cut per worker: another worker count loads a universal copy.
     reshard = bool(state) and state.world_size != world and r.train.zero_stage > 0
-    engine = build_engine(build_model(r.model, r.seed, cfg.bos_id, cfg.eos_id), r.optim, r.train,
-                          from_recipe(r), world, load_universal=reshard)
+    model = build_model(r.model, r.seed, cfg.bos_id, cfg.eos_id)
+    loss_impl = use_loss_head(model, choose(r.train.lm_loss, device))
+    engine = build_engine(model, r.optim, r.train, from_recipe(r), world, load_universal=reshard)
     if ckpt:
         load_engine(engine, ckpt, reshard, r.train.zero_stage)
 
@@ -75,6 +76,8 @@ def train_loop(cfg: LoopConfig) -> None:
     log = _metrics_log(cfg.log_dir) if rank == 0 else None
     samples = _sample_log(cfg.sample_log, rank, start)
     peak = peak_tflops(device_name(device))
+    if rank == 0:
+        print(f"loss: {DESCRIPTIONS[loss_impl]}")
     if rank == 0 and peak is None:
         print(f"no MFU: {device_name(device)} has no known bf16 peak (smolray.train.flops); "
               "logging tflops_per_gpu only")
@@ -168,11 +171,10 @@ class _Window:
 def micro_step(engine, batch: dict, device, window: _Window, boundary: bool) -> None:
     """Forward and backward of one micro batch, with no host sync: the loss is summed on the device."""
     inputs = to_device(batch, device)
-    kw = {"position_ids": inputs["position_ids"]} if "position_ids" in inputs else {}
-    # No KV cache: with one, transformers ignores the position restarts
-    # (reset_position_ids) that keep documents from attending to each other.
-    logits = engine(input_ids=inputs["input_ids"], use_cache=False, **kw).logits
-    loss = F.cross_entropy(logits.float().flatten(0, 1), inputs["labels"].flatten())
+    labels = inputs["labels"]
+    # A sum over the micro batch's tokens over their count: the mean, without
+    # the logits (the head computes the loss, smolray.model.loss).
+    loss = lm_loss(engine, inputs["input_ids"], labels, inputs.get("position_ids"), "sum") / labels.numel()
     # Explicit boundaries: the accumulation count changes between stages.
     engine.set_gradient_accumulation_boundary(boundary)
     engine.backward(loss)
