@@ -7,10 +7,13 @@ transformers and vLLM load as is.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from smolray.recipe import ModelConfig
+if TYPE_CHECKING:  # the recipe (pydantic) is not needed to build or time a model
+    from smolray.recipe import ModelConfig
 
 
 def hf_config(cfg: ModelConfig, bos_id: int | None = None, eos_id: int | None = None) -> LlamaConfig:

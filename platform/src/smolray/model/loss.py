@@ -132,7 +132,8 @@ def lm_loss(model, input_ids: torch.Tensor, targets: torch.Tensor, position_ids=
     kw = {"position_ids": position_ids} if position_ids is not None else {}
     # No KV cache: with one, transformers ignores the position restarts
     # (reset_position_ids, packed conversations) that keep documents apart.
-    head = getattr(model, "module", model).get_output_embeddings()
+    module = getattr(model, "module", model)
+    head = module.get_output_embeddings() if hasattr(module, "get_output_embeddings") else None
     if isinstance(head, LossHead):
         with _targets(head, targets, reduction):
             return model(input_ids=input_ids, use_cache=False, **kw).logits

@@ -218,9 +218,27 @@ class EngineConfig(_Strict):
     # cross-entropy where torch has it, else Liger's kernel on CUDA if
     # installed, else plain (full logits). The run's log names the choice.
     lm_loss: Literal["auto", "chunked", "liger", "plain"] = "auto"
+    # Recompute each decoder layer's activations in the backward instead of
+    # keeping them: activation memory of one layer, for about a third more compute.
+    activation_checkpointing: bool = False
+    # torch.compile each decoder layer before DeepSpeed wraps the model (GPU
+    # runs: fused kernels; the first steps pay the compile). ZeRO stages 0-2.
+    compile: bool = False
+    # AdamW's fused kernel. auto: on CUDA workers; CPU keeps the per-tensor path.
+    fused_adamw: Literal["auto", "on", "off"] = "auto"
+    # Where bf16 gradients are summed over micro batches. auto: fp32 (ZeRO >= 1).
+    grad_accum_dtype: Literal["auto", "fp32", "bf16"] = "auto"
 
     @model_validator(mode="after")
     def _batch(self) -> EngineConfig:
+        if self.compile and self.zero_stage == 3:
+            raise ValueError("train.compile=true with train.zero_stage=3: ZeRO-3 gathers each layer's "
+                             "weights in hooks the per-layer compile cannot trace; use zero_stage 2 "
+                             "(or 1) with compile, or compile=false")
+        if self.grad_accum_dtype == "fp32" and self.zero_stage == 0 and self.precision == "bf16":
+            raise ValueError("train.grad_accum_dtype=fp32 with precision bf16 needs zero_stage >= 1 "
+                             "(DeepSpeed sums bf16 gradients in fp32 only in its ZeRO optimizers); "
+                             "set zero_stage=1 or grad_accum_dtype=auto")
         per_pass = self.micro_batch_size * self.num_workers
         if self.global_batch_size % per_pass:
             raise ValueError(

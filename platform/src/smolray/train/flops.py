@@ -11,7 +11,11 @@ than MFU credits.
 
 from __future__ import annotations
 
-from smolray.recipe import ModelConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the recipe (pydantic) is not needed to build or time a model
+    from smolray.recipe import ModelConfig
+
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from NVIDIA's data
 # sheets, matched in order against torch.cuda.get_device_name().
