@@ -72,7 +72,9 @@ def test_batches_stay_on_the_host_and_only_model_inputs_move(make_recipe):
     micro_step(engine, batch, META, window, boundary=True)
     assert window.micro == 1 and window.loss.device == META
     assert engine.calls == ["boundary=True", "backward", "step"]
-    assert set(engine.seen) == {"input_ids", "position_ids"}  # positions reached the model
+    # Positions and the packed documents' lengths (computed on the host) reached the model.
+    assert set(engine.seen) == {"input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
+                                "max_length_q", "max_length_k"}
 
 
 class _MetaEngine(torch.nn.Module):
@@ -85,11 +87,12 @@ class _MetaEngine(torch.nn.Module):
             self.head = torch.nn.Linear(8, vocab)
         self.calls, self.seen = [], []
 
-    def forward(self, input_ids, use_cache, position_ids=None):
+    def forward(self, input_ids, use_cache, position_ids=None, **docs):
         from types import SimpleNamespace
 
         assert input_ids.device == META and not use_cache
-        self.seen = ["input_ids"] + (["position_ids"] if position_ids is not None else [])
+        assert all(v.device == META for v in docs.values() if torch.is_tensor(v))
+        self.seen = ["input_ids"] + (["position_ids"] if position_ids is not None else []) + sorted(docs)
         return SimpleNamespace(logits=self.head(self.emb(input_ids)))
 
     def set_gradient_accumulation_boundary(self, value):
@@ -106,9 +109,9 @@ class _MetaEngine(torch.nn.Module):
 def test_post_training_objectives_never_read_a_device_tensor_on_the_host():
     """SFT and DPO micro steps on the meta device: any .item() in smolray's code would raise.
 
-    The model is a stand-in (an embedding that returns logits): transformers'
-    own packed-sequence detection reads position_ids on the host, a sync this
-    test found, which the variable-length attention path is to remove.
+    The model is a stand-in (an embedding that returns logits); that the real
+    model's packed forward reads nothing on the host is test_attention's
+    test_packed_forward_reads_nothing_on_the_host.
     """
     from types import SimpleNamespace
 
@@ -119,7 +122,8 @@ def test_post_training_objectives_never_read_a_device_tensor_on_the_host():
             super().__init__()
             self.emb = torch.nn.Embedding(64, 64)
 
-        def forward(self, input_ids, position_ids, use_cache):
+        def forward(self, input_ids, position_ids, use_cache, cu_seq_lens_q, **docs):
+            assert cu_seq_lens_q.device == META  # described on the host, then moved
             return SimpleNamespace(logits=self.emb(input_ids))
 
     with META:

@@ -118,11 +118,13 @@ def test_packed_conversations_do_not_attend_to_each_other(tok, init_model):
     packed = {k: torch.from_numpy(v).long()[None] for k, v in _pad([a, b], 192).items()}
     alone = {k: torch.from_numpy(v).long()[None] for k, v in _pad([b], 192).items()}
     with torch.no_grad():
-        lp_packed = token_logps(model, packed["input_ids"], packed["labels"], packed["position_ids"])
-        lp_alone = token_logps(model, alone["input_ids"], alone["labels"], alone["position_ids"])
+        lp_packed = token_logps(model, packed["input_ids"], packed["labels"], packed["position_ids"],
+                                packed["position_ids"], "cpu")
+        lp_alone = token_logps(model, alone["input_ids"], alone["labels"], alone["position_ids"],
+                               alone["position_ids"], "cpu")
         # Without the position restarts, the second conversation would see the first.
-        crossed = token_logps(model, packed["input_ids"], packed["labels"],
-                              torch.arange(192)[None])
+        crossed = token_logps(model, packed["input_ids"], packed["labels"], torch.arange(192)[None],
+                              torch.arange(192)[None], "cpu")
     n, m = len(a[0]), len(b[0])
     # Token-for-token the same log-probabilities as the conversation alone.
     torch.testing.assert_close(lp_packed[0, n:n + m - 1], lp_alone[0, :m - 1], atol=1e-5, rtol=1e-5)

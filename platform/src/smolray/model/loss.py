@@ -123,13 +123,14 @@ def _targets(head: LossHead, targets: torch.Tensor, reduction: str):
 
 
 def lm_loss(model, input_ids: torch.Tensor, targets: torch.Tensor, position_ids=None,
-            reduction: str = "none") -> torch.Tensor:
+            reduction: str = "none", **model_kwargs) -> torch.Tensor:
     """Next-token losses of a forward through `model` (a DeepSpeed engine or the bare module).
 
     targets[b, i] is the token that should follow position i (IGNORE: not
-    trained). Returns [B, L] float32 losses, or their sum.
+    trained). Returns [B, L] float32 losses, or their sum. model_kwargs go to
+    the model's forward (the packed documents, smolray.model.attention).
     """
-    kw = {"position_ids": position_ids} if position_ids is not None else {}
+    kw = {"position_ids": position_ids, **model_kwargs} if position_ids is not None else model_kwargs
     # No KV cache: with one, transformers ignores the position restarts
     # (reset_position_ids, packed conversations) that keep documents apart.
     module = getattr(model, "module", model)

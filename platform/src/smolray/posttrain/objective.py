@@ -14,6 +14,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from smolray.model import attention
 from smolray.model.loss import lm_loss
 from smolray.posttrain.chat import IGNORE
 from smolray.posttrain.prepare import EXAMPLES
@@ -50,11 +51,17 @@ class Rows:
         return int((lab[:, 1:] != IGNORE).sum())
 
 
-def token_logps(model, ids: torch.Tensor, lab: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Log-probability of each labelled next token, 0 where not trained; [B, L-1]."""
+def token_logps(model, ids: torch.Tensor, lab: torch.Tensor, pos: torch.Tensor, host_pos: torch.Tensor,
+                device) -> torch.Tensor:
+    """Log-probability of each labelled next token, 0 where not trained; [B, L-1].
+
+    The packed conversations are described from the host copy of the
+    positions and attend only within themselves (smolray.model.attention).
+    """
+    docs = attention.to_device(attention.packed_documents(host_pos), device)
     # Position i predicts token i + 1; the last position predicts nothing.
     tgt = F.pad(lab[:, 1:], (0, 1), value=IGNORE)
-    return -lm_loss(model, ids, tgt, pos)[:, :-1]
+    return -lm_loss(model, ids, tgt, pos, **docs)[:, :-1]
 
 
 # The stats the objectives return are device tensors (summed by the loop,
@@ -65,7 +72,7 @@ def token_logps(model, ids: torch.Tensor, lab: torch.Tensor, pos: torch.Tensor) 
 def sft_loss(model, batch: dict, device) -> tuple[torch.Tensor, dict]:
     """Summed negative log-likelihood of the assistant tokens."""
     ids, lab, pos = (batch[k].to(device, non_blocking=True) for k in ("input_ids", "labels", "position_ids"))
-    lp = token_logps(model, ids, lab, pos)
+    lp = token_logps(model, ids, lab, pos, batch["position_ids"], device)
     loss = -lp.sum()
     host = batch["labels"]
     return loss, {"nll": loss.detach(), "trained": int((host[:, 1:] != IGNORE).sum()),
@@ -74,9 +81,10 @@ def sft_loss(model, batch: dict, device) -> tuple[torch.Tensor, dict]:
 
 def response_logps(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probabilities of the chosen and rejected replies, in one forward."""
-    ids, lab, pos = (torch.cat([batch["chosen_" + k], batch["rejected_" + k]]).to(device, non_blocking=True)
-                     for k in ("input_ids", "labels", "position_ids"))
-    lp = token_logps(model, ids, lab, pos).sum(-1)
+    host = {k: torch.cat([batch["chosen_" + k], batch["rejected_" + k]])
+            for k in ("input_ids", "labels", "position_ids")}
+    ids, lab, pos = (host[k].to(device, non_blocking=True) for k in ("input_ids", "labels", "position_ids"))
+    lp = token_logps(model, ids, lab, pos, host["position_ids"], device).sum(-1)
     n = len(batch["chosen_input_ids"])
     return lp[:n], lp[n:]
 

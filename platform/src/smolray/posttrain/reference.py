@@ -22,15 +22,20 @@ import torch
 from smolray.posttrain.objective import REFERENCE, Rows, response_logps
 
 
-def load_causal_lm(model_dir: str):
-    """A Llama folder in fp32 with SDPA attention (the same on every worker)."""
+def load_causal_lm(model_dir: str, packed: bool = True):
+    """A Llama folder in fp32 (the same on every worker); `packed`: with packed-conversation attention."""
     from transformers import AutoConfig, LlamaForCausalLM
+
+    from smolray.model.attention import use_varlen
 
     cfg = AutoConfig.from_pretrained(model_dir)
     if cfg.model_type != "llama":
         raise ValueError(f"init={model_dir}: a {cfg.model_type!r} model; smolray post-trains "
                          "Llama-architecture checkpoints (model_type 'llama')")
-    return LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    if packed:  # every post-training row is packed conversations and padding
+        use_varlen(model)
+    return model
 
 
 class _Scorer:

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from smolray.data.plan import DataPlan
 from smolray.data.stream import RankSlice, build_dataset, rank_slice
 from smolray.eval.loss import Windows
-from smolray.model import build_model, set_rope_theta
+from smolray.model import attention, build_model, set_rope_theta
 from smolray.model.loss import DESCRIPTIONS, choose, lm_loss, use_loss_head
 from smolray.recipe import Recipe
 from smolray.recipe.timeline import Stage
@@ -65,6 +65,8 @@ def train_loop(cfg: LoopConfig) -> None:
     # ZeRO shards are cut per worker: another worker count loads a universal copy.
     reshard = bool(state) and state.world_size != world and r.train.zero_stage > 0
     model = build_model(r.model, r.seed, cfg.bos_id, cfg.eos_id)
+    if r.data.reset_position_ids:
+        attention.use_varlen(model)  # documents packed with position resets: no 4D mask
     loss_impl = use_loss_head(model, choose(r.train.lm_loss, device))
     engine = build_engine(model, r.optim, r.train, from_recipe(r), world, load_universal=reshard)
     if ckpt:
@@ -172,9 +174,13 @@ def micro_step(engine, batch: dict, device, window: _Window, boundary: bool) -> 
     """Forward and backward of one micro batch, with no host sync: the loss is summed on the device."""
     inputs = to_device(batch, device)
     labels = inputs["labels"]
+    # Packed documents (reset_position_ids) are described on the host and run
+    # as separate sequences by the variable-length attention.
+    docs = attention.to_device(attention.packed_documents(batch["position_ids"]), device) \
+        if "position_ids" in batch else {}
     # A sum over the micro batch's tokens over their count: the mean, without
     # the logits (the head computes the loss, smolray.model.loss).
-    loss = lm_loss(engine, inputs["input_ids"], labels, inputs.get("position_ids"), "sum") / labels.numel()
+    loss = lm_loss(engine, inputs["input_ids"], labels, inputs.get("position_ids"), "sum", **docs) / labels.numel()
     # Explicit boundaries: the accumulation count changes between stages.
     engine.set_gradient_accumulation_boundary(boundary)
     engine.backward(loss)
