@@ -50,7 +50,7 @@ def load_preset(name: str) -> tuple[SimpleNamespace, dict]:
 def run(name: str, args) -> dict:
     import torch
 
-    from smolray.model import build_model
+    from smolray.model import attention, build_model
     from smolray.model.loss import DESCRIPTIONS, choose, lm_loss, use_loss_head
     from smolray.train.engine import fused_adamw, prepare_model
     from smolray.train.flops import device_name, flops_per_token, peak_tflops, utilization
@@ -79,12 +79,17 @@ def run(name: str, args) -> dict:
     g = torch.Generator(device="cpu").manual_seed(0)
     tokens = torch.randint(0, spec.vocab_size, (mb, seq + 1), generator=g)
     ids, targets = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
+    docs = {}
+    if args.packed:  # documents of --packed tokens, with position resets, as reset_position_ids makes
+        attention.use_varlen(model)
+        pos = torch.arange(seq).remainder(args.packed).repeat(mb, 1)
+        docs = {"position_ids": pos.to(device), **attention.to_device(attention.packed_documents(pos), device)}
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        step(lambda m: lm_loss(m, ids, targets, reduction="sum") / targets.numel())
+        step(lambda m: lm_loss(m, ids, targets, reduction="sum", **docs) / targets.numel())
         if cuda:
             torch.cuda.synchronize(device)
         if i >= args.warmup:
@@ -95,7 +100,7 @@ def run(name: str, args) -> dict:
     peak_mem = (torch.cuda.max_memory_allocated(device) if cuda
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"preset": name, "device": device_name(device), "engine": args.engine, "params": spec.num_parameters,
-            "seq_len": seq, "micro_batch": mb, "loss": loss_impl, "levers": applied,
+            "seq_len": seq, "micro_batch": mb, "packed": args.packed, "loss": loss_impl, "levers": applied,
             "fused_adamw": fused_adamw(levers), "steps": len(times), "tokens_per_s": tokens_per_s,
             "gflops_per_token": flops / 1e9, **utilization(tokens_per_s, flops, peak_tflops(device_name(device))),
             "peak_memory_gb": peak_mem / 1e9, "peak_memory_kind": "allocated" if cuda else "process RSS",
@@ -159,6 +164,8 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, help="default: the recipe's data.seq_len")
     ap.add_argument("--loss", default="auto", choices=["auto", "chunked", "liger", "plain"])
     ap.add_argument("--engine", default="torch", choices=["torch", "deepspeed"])
+    ap.add_argument("--packed", type=int, default=0, metavar="N",
+                    help="documents of N tokens with position resets (variable-length attention)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="default: the recipe's train.compile")
     ap.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,

@@ -17,6 +17,9 @@ row is one causal sequence, as with plain SDPA.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
@@ -24,12 +27,28 @@ from transformers import AttentionInterface
 NAME = "smolray_varlen"
 
 
+@functools.cache
 def _varlen_kernel():
+    """torch's varlen_attn and the keywords this torch's version takes, or None."""
     try:
         from torch.nn.attention.varlen import varlen_attn
-    except ImportError:  # torch before 2.10
+    except ImportError:  # torch without it
         return None
-    return varlen_attn
+    return varlen_attn, set(inspect.signature(varlen_attn).parameters)
+
+
+def _flash(q, k, v, cu, longest: int, scaling):
+    kernel, params = _varlen_kernel()
+    kw = {"scale": scaling}
+    # Causal within each document: window_size (-1, 0) from torch 2.13, is_causal before.
+    kw.update({"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True})
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in params:
+            kw["enable_gqa"] = True
+        else:  # older kernels want one K/V head per query head
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return kernel(q, k, v, cu, cu, longest, longest, **kw)
 
 
 def packed_documents(position_ids: torch.Tensor) -> dict:
@@ -62,11 +81,8 @@ def varlen_attention(module, query, key, value, attention_mask, dropout: float =
                                              scale=scaling, enable_gqa=gqa)
         return out.transpose(1, 2), None
     q, k, v = (t.transpose(1, 2).reshape(b * length, t.shape[1], dim) for t in (query, key, value))
-    kernel = _varlen_kernel()
-    if query.is_cuda and kernel is not None:
-        # window (-1, 0): causal within each document.
-        out = kernel(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling,
-                     window_size=(-1, 0), enable_gqa=gqa)
+    if query.is_cuda and _varlen_kernel() is not None:
+        out = _flash(q, k, v, cu_seq_lens_q, max_length_q, scaling)
     else:
         bounds = cu_seq_lens_q.tolist()  # a host tensor off CUDA: no device sync
         parts = [F.scaled_dot_product_attention(*(t[a:z].transpose(0, 1).unsqueeze(0) for t in (q, k, v)),
