@@ -73,6 +73,15 @@ def test_weight_for_unknown_source():
     assert "data.weights.wiki" in msg and "prose" in msg
 
 
+def test_two_sources_in_one_shards_dir_are_refused():
+    # A typo'd --set that points one source at another's dir, spelled another way.
+    msg = bad(["data.sources.code.shards=outputs/data/tiny/prose/"])
+    assert "data.sources.code.shards='outputs/data/tiny/prose/' is also data.sources.prose.shards" in msg
+    assert "a shards dir of its own" in msg
+    msg = bad(["data.sources.code.shards=s3://b/x", "data.sources.math.shards=s3://b/./x?region=eu"])
+    assert "data.sources.math.shards" in msg and "data.sources.code.shards" in msg
+
+
 def test_weights_are_normalized():
     r = recipe_from_dict(apply_overrides(tiny_dict(), ["data.weights={prose: 6, code: 4, math: 0}"]))
     assert r.data.mixture == {"prose": 0.6, "code": 0.4}

@@ -59,6 +59,16 @@ def test_missing_manifest_says_how_to_fix(tmp_path):
         read_manifest(str(tmp_path / "nothing"))
 
 
+@pytest.mark.parametrize("name", ["../outside", "/etc/passwd", "..", "sub/shard-00000", ""])
+def test_manifest_shard_names_with_a_path_are_refused(tmp_path, name):
+    make_source(tmp_path)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    m["shards"][1]["file"] = name  # a tampered or foreign manifest
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ShardError, match=r"shard file name .* is not a plain file name"):
+        SourceReader(str(tmp_path))
+
+
 def test_malformed_manifest(tmp_path):
     (tmp_path / "manifest.json").write_text('{"source": "t"}')
     with pytest.raises(ShardError, match="not a smolray manifest"):

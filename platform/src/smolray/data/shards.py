@@ -15,6 +15,7 @@ import functools
 import hashlib
 import io
 import json
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 MANIFEST = "manifest.json"
+# What write_shard names files (shard-00000), and nothing that could leave the dir.
+SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 HELDOUT = "heldout.parquet"
 FORMAT_VERSION = 1
 
@@ -78,9 +81,17 @@ class Manifest:
             d.pop("total_docs", None)
             d.pop("total_tokens", None)
             d["shards"] = [Shard(**s) for s in d["shards"]]
-            return Manifest(**d)
+            m = Manifest(**d)
         except (ValueError, TypeError, KeyError) as e:
             raise ShardError(f"{where}: not a smolray manifest ({e}); re-run jobs/tokenize.py") from None
+        # Shard files are joined to the source dir: a name with a path in it
+        # ("../x", "/etc/x") would read outside it.
+        for s in m.shards:
+            if not isinstance(s.file, str) or not SHARD_NAME.fullmatch(s.file):
+                raise ShardError(f"{where}: shard file name {s.file!r} in {MANIFEST} is not a plain "
+                                 "file name (letters, digits, '.', '_', '-'); the manifest was not "
+                                 "written by jobs/tokenize.py: re-run it")
+        return m
 
 
 def token_dtype(vocab_size: int) -> str:

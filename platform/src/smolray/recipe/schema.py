@@ -9,6 +9,8 @@ source have any?) live in `smolray.data.plan`.
 from __future__ import annotations
 
 import math
+import os
+import posixpath
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -89,6 +91,14 @@ class SourceConfig(_Strict):
     heldout_fraction: float = Field(default=0.0, ge=0, lt=1)
 
 
+def _shards_key(uri: str) -> str:
+    """A shards location as a comparable string: the same dir however it is spelled."""
+    if "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return scheme.lower() + "://" + posixpath.normpath(rest.split("?", 1)[0])
+    return os.path.normpath(os.path.abspath(uri))
+
+
 def _check_weights(weights: dict[str, float], names: set[str], field: str) -> None:
     for name, w in weights.items():
         if name not in names:
@@ -142,6 +152,16 @@ class DataConfig(_Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"source names must be unique; {dup} appear more than once")
+        # Tokenizing a source rewrites its shards dir: two sources in one dir
+        # would silently delete each other's shards.
+        seen: dict[str, str] = {}
+        for s in sources:
+            where = _shards_key(s.shards)
+            if where in seen:
+                raise ValueError(f"data.sources.{s.name}.shards={s.shards!r} is also data.sources."
+                                 f"{seen[where]}.shards: tokenizing one would delete the other's "
+                                 "shards; give each source a shards dir of its own")
+            seen[where] = s.name
         return sources
 
     @model_validator(mode="after")
