@@ -34,7 +34,28 @@ def log_dir(recipe) -> str:
     # (copied to <output_dir>/logs at the end), one folder per output URI so
     # a run never appends to the logs of another run with the same name.
     key = hashlib.sha256(out.encode()).hexdigest()[:12]
-    return os.path.join(tempfile.gettempdir(), f"smolray-{os.getuid()}", f"{recipe.name}-{key}", "logs")
+    return os.path.join(private_temp_dir(), f"{recipe.name}-{key}", "logs")
+
+
+def private_temp_dir() -> str:
+    """This user's smolray folder in the temp dir, made 0700 and checked to be ours.
+
+    The temp dir is shared: another user could create the folder first, or a
+    symlink by that name, and read or swap every log written there.
+    """
+    path = os.path.join(tempfile.gettempdir(), f"smolray-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if os.path.islink(path) or not os.path.isdir(path) or st.st_uid != os.getuid():
+        raise PermissionError(
+            f"{path} is not a folder of this user (a symlink or another owner): someone else may "
+            "have created it first. Remove it, or point TMPDIR at a folder of your own")
+    if st.st_mode & 0o077:  # ours, from an older smolray that left it open
+        os.chmod(path, 0o700)
+    return path
 
 
 def build_trainer(recipe: Recipe, plan: DataPlan, stop_at_step: int | None = None,
