@@ -133,6 +133,15 @@ def test_bad_serve_args_fail_before_any_engine_starts(monkeypatch, tmp_path):
     monkeypatch.setenv("SMOLRAY_API_KEY", KEY)
     with pytest.raises(RecipeError, match=r"models\[0\].source='/nope': no such folder"):
         build_app({**args, "models": [{"id": "m", "source": "/nope"}]})
+    # A missing local export is never fetched from the hub as "outputs/export".
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RecipeError, match=r"source='outputs/export': no such folder .*write hf://outputs/export"):
+        build_app({**args, "models": [{"id": "m", "source": "outputs/export"}]})
+    with pytest.raises(RecipeError, match=r"a hub model is hf://<org>/<name>"):
+        build_app({**args, "models": [{"id": "m", "source": "hf://just-a-name"}]})
+    from smolray.serve.config import resolve_source
+
+    assert resolve_source("hf://HuggingFaceTB/SmolLM2-135M", "x") == "HuggingFaceTB/SmolLM2-135M"
     with pytest.raises(RecipeError, match="models: the id 'm' appears twice"):
         build_app({**args, "models": [{"id": "m", "source": str(tmp_path)}] * 2})
     with pytest.raises(RecipeError, match=r"device='tpu'"):

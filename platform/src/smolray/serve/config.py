@@ -17,7 +17,8 @@ from pydantic import Field, field_validator, model_validator
 
 from smolray.recipe.schema import _Strict
 
-# A hub id is "org/name"; anything else must be a folder on disk.
+# A hub model is named hf://org/name; anything else must be a folder on disk
+# (a bare "org/name" that is not a folder is an error, not a download).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -40,7 +41,7 @@ class Replicas(_Strict):
 class ModelSpec(_Strict):
     id: str = Field(pattern=r"^[\w.:/-]+$")  # the name clients pass as `model`
     # An exported smolray checkpoint (<run>/export), any Hugging Face model
-    # folder on disk, or a hub id where the hub is reachable.
+    # folder on disk, or hf://org/name for the hub (where it is reachable).
     source: str
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: per device
     max_model_len: int | None = Field(default=None, gt=0)  # default: the model's own
@@ -71,17 +72,26 @@ class ServeConfig(_Strict):
 
 
 def resolve_source(source: str, field: str) -> str:
-    """An absolute folder on disk, or a hub id; anything else is an error naming the field."""
+    """An absolute folder on disk, or a hub id written hf://org/name; anything else names the field.
+
+    The hub needs its scheme: a mistyped or not yet exported local path
+    such as `outputs/export` would otherwise be fetched from the hub as
+    whatever model someone published under that name.
+    """
+    if source.startswith("hf://"):
+        repo = source[len("hf://"):]
+        if not _HUB_ID.match(repo):
+            raise ValueError(f"{field}={source!r}: a hub model is hf://<org>/<name>")
+        return repo
     path = os.path.abspath(os.path.expanduser(source))
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise ValueError(f"{field}={source!r} is a folder without config.json; point it at an "
                              "export (<run>/export) or another Hugging Face model folder")
         return path
-    if _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
-        return source
-    raise ValueError(f"{field}={source!r}: no such folder (resolved to {path}); train and export a "
-                     "model first (make demo writes outputs/demo/run/export) or give a hub id")
+    hint = f" (for the hub model, write hf://{source})" if _HUB_ID.match(source) else ""
+    raise ValueError(f"{field}={source!r}: no such folder (resolved to {path}){hint}; train and "
+                     "export a model first (make demo writes outputs/demo/run/export)")
 
 
 def engine_kwargs(device: str, dtype: str, max_model_len: int | None, kv_cache_mb: int) -> dict[str, Any]:

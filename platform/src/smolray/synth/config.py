@@ -21,7 +21,7 @@ from smolray.recipe.schema import _Strict
 
 
 class EngineSettings(_Strict):
-    source: str  # exported smolray model folder, any HF model folder, or a hub id
+    source: str  # exported smolray model folder, any HF model folder, or hf://org/name
     device: Literal["cpu", "gpu"] = "cpu"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: float32 on CPU
     max_model_len: int | None = Field(default=None, gt=0)
