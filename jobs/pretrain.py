@@ -44,7 +44,7 @@ def main() -> None:
     if args.dry_run:
         from smolray.train.dryrun import describe
 
-        print(describe(recipe, plan, error, unchecked))
+        print(describe(recipe, plan, error, unchecked))  # credentials in URIs masked
         return
     if error:
         raise DataPlanError(error)

@@ -14,6 +14,7 @@ from smolray.eval import TaskError
 from smolray.posttrain.chat import TemplateError
 from smolray.posttrain.prepare import PreparedDataError
 from smolray.recipe import Recipe, RecipeError, load_recipe
+from smolray.redact import redact
 
 USER_ERRORS = (RecipeError, DataPlanError, ShardError, RawDataError, FileNotFoundError,
                PreparedDataError, TemplateError, TaskError)
@@ -38,5 +39,5 @@ def run(main: Callable[[], None]) -> None:
     try:
         main()
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(2)

@@ -15,6 +15,7 @@ import os
 from smolray.cli import recipe_parser
 from smolray.posttrain.prepare import EXAMPLES, PreparedDataError, Stats, prepare, read_meta, write_meta
 from smolray.recipe import RecipeError, load_recipe
+from smolray.redact import redact, redact_obj
 from smolray.recipe.post import DPORecipe, PostRecipe
 from smolray.tokenizer.bpe import CHAT_TEMPLATE
 
@@ -106,7 +107,8 @@ def data_key(recipe: PostRecipe, tok_path: str, template: str, init: str) -> dic
            "files": identities(expand(d.dataset.files, "data.dataset.files")) if d.dataset.files else None}
     if isinstance(recipe, DPORecipe):
         key["reference"] = _weights_id(init)  # the reference log-probs come from init
-    return key
+    # meta.json keeps the key: no credentials in it (they are not part of what the rows are).
+    return redact_obj(key)
 
 
 def ensure_prepared(recipe: PostRecipe, tok_path: str, template: str, init: str, out: str,
@@ -193,7 +195,7 @@ def run_job(cls: type[PostRecipe], args) -> None:
     # 2. Data: render, mask, pack (SFT) or score with the reference (DPO).
     if args.dry_run:
         stats, _ = prepare(recipe, tok_path, template, None)
-        print(describe(recipe, init, tok_path, stats, template_from))
+        print(redact(describe(recipe, init, tok_path, stats, template_from)))
         return
     meta = ensure_prepared(recipe, tok_path, template, init, out, args.force_prepare)
     stats = check_stats(meta)
@@ -232,7 +234,7 @@ def run_job(cls: type[PostRecipe], args) -> None:
     os.makedirs(log_dir(recipe), exist_ok=True)
     with open(os.path.join(log_dir(recipe), "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    print(json.dumps(summary, indent=2))
+    print(redact(json.dumps(summary, indent=2)))
 
 
 def chat_reply(model_dir: str, prompt: str, max_new_tokens: int = 48) -> str:

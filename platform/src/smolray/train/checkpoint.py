@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 import ray.train
 import torch
 
+from smolray.redact import redact
+
 TAG = "ds"
 STATE = "trainer_state.json"
 RECIPE = "recipe.json"
@@ -126,6 +128,12 @@ def _fix_zero3_universal_groups(engine, universal_dir: str) -> None:
             st["step"] = st["step"].clone()
 
 
+def write_recipe(directory: str, recipe) -> None:
+    """recipe.json, with any credentials in its URIs masked (checkpoints get shared)."""
+    with open(os.path.join(directory, RECIPE), "w") as f:
+        f.write(redact(recipe.model_dump_json(indent=2)))
+
+
 def save_checkpoint(engine, state: TrainerState, rank: int, metrics: dict, recipe=None) -> None:
     """Every rank saves its shard and reports; Ray merges them into one checkpoint.
 
@@ -138,8 +146,7 @@ def save_checkpoint(engine, state: TrainerState, rank: int, metrics: dict, recip
         if rank == 0:
             state.save(tmp)
             if recipe is not None:
-                with open(os.path.join(tmp, RECIPE), "w") as f:
-                    f.write(recipe.model_dump_json(indent=2))
+                write_recipe(tmp, recipe)
         mark_rank_done(tmp, rank)
         ray.train.report({**metrics, "step": state.step},
                          checkpoint=ray.train.Checkpoint.from_directory(tmp),

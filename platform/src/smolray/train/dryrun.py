@@ -8,6 +8,7 @@ import yaml
 from smolray.data import mixture
 from smolray.data.plan import DataPlan
 from smolray.recipe import Recipe
+from smolray.redact import redact
 from smolray.train.flops import TARGET_MFU, flops_per_token, peak_tflops
 from smolray.train.schedule import from_recipe
 
@@ -77,4 +78,4 @@ def describe(recipe: Recipe, plan: DataPlan | None, plan_error: str | None = Non
         out += ["", unchecked]
     if plan_error:
         out += ["", "the plan cannot run yet (training would stop here):", plan_error]
-    return "\n".join(out)
+    return redact("\n".join(out))  # the recipe and plan name URIs: no credentials in print

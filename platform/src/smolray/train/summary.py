@@ -7,6 +7,7 @@ import os
 
 from smolray.data.plan import DataPlan
 from smolray.recipe import Recipe
+from smolray.redact import redact
 from smolray.train.metrics import read_metrics
 
 
@@ -95,8 +96,8 @@ def build_summary(recipe: Recipe, plan: DataPlan, log_dir: str, checkpoint: str,
                         "target": planned[n] / planned_total, "epochs": last[f"epochs/{n}"]}
                     for n in names},
         "heldout_bpb": heldout,
-        "checkpoint": checkpoint,
-        "export": export_dir,
+        "checkpoint": redact(checkpoint),  # printed and written: no credentials
+        "export": redact(export_dir),
         "loss_curve": plot_loss(all_rows, os.path.join(log_dir, "loss.png"), recipe.name),
         "prompt": prompt,
         "sampling": SAMPLING,

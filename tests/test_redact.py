@@ -1,0 +1,74 @@
+"""Credentials in URIs never reach a file smolray writes or a line it prints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from smolray.redact import redact, redact_obj
+
+SECRET = "wJalrXUtnFEMI-K7MDENG"
+KEYED = f"s3://AKIDSMOLRAY:{SECRET}@runs/tiny?endpoint_override=127.0.0.1:9000&secret_key={SECRET}"
+
+
+def test_redact_masks_key_pairs_and_secret_options_and_keeps_the_rest():
+    text = f"reading {KEYED} and gs://plain/bucket/x and s3://bucket/p?session_token={SECRET}&region=eu"
+    out = redact(text)
+    assert SECRET not in out and "AKIDSMOLRAY" not in out
+    assert "s3://***@runs/tiny?endpoint_override=127.0.0.1:9000&secret_key=***" in out
+    assert "gs://plain/bucket/x" in out and "session_token=***&region=eu" in out
+    assert redact("outputs/demo/run and https://example.org/a?b=1") == "outputs/demo/run and https://example.org/a?b=1"
+    assert redact_obj({"files": [KEYED], "n": 3}) == {"files": [redact(KEYED)], "n": 3}
+
+
+@pytest.fixture()
+def keyed_recipe(tmp_path):
+    from smolray.recipe import load_recipe
+
+    from conftest import TINY
+
+    return load_recipe(TINY, [f"run.output_dir={KEYED}", f"data.sources.code.shards={KEYED}/code"])
+
+
+def test_checkpoint_recipe_json_has_no_credentials(keyed_recipe, tmp_path):
+    from smolray.train.checkpoint import RECIPE, write_recipe
+
+    write_recipe(str(tmp_path), keyed_recipe)
+    text = (tmp_path / RECIPE).read_text()
+    assert SECRET not in text and "AKIDSMOLRAY" not in text
+    assert json.loads(text)["run"]["output_dir"] == redact(KEYED)
+    assert keyed_recipe.run.output_dir == KEYED  # the run itself still has them
+
+
+def test_dry_run_prints_no_credentials(keyed_recipe):
+    from smolray.train.dryrun import describe
+
+    out = describe(keyed_recipe, None, plan_error=f"{KEYED}/code: not tokenized")
+    assert SECRET not in out and "AKIDSMOLRAY" not in out and "s3://***@runs/tiny" in out
+
+
+def test_job_errors_print_no_credentials(capsys):
+    from smolray.cli import run
+    from smolray.data.shards import ShardError
+
+    def fails():
+        raise ShardError(f"{KEYED}/manifest.json: tokenize this source first")
+
+    with pytest.raises(SystemExit):
+        run(fails)
+    err = capsys.readouterr().err
+    assert SECRET not in err and "s3://***@runs/tiny" in err
+
+
+def test_prepared_data_key_has_no_credentials(tokenizer_dir):
+    from smolray.posttrain.job import data_key
+    from smolray.recipe import load_recipe
+    from smolray.recipe.post import SFTRecipe
+
+    from conftest import ROOT
+
+    # meta.json keeps this key beside the prepared rows: every string in it is masked.
+    recipe = load_recipe(ROOT / "recipes" / "tiny-sft.yaml", ["data.dataset.files=[]", f"data.dataset.hf={KEYED}"], cls=SFTRecipe)
+    key = data_key(recipe, tokenizer_dir, "template", "init")
+    assert SECRET not in json.dumps(key)
