@@ -17,7 +17,7 @@ PROBE = "import os, ray; ray.init(); print('HOME=' + os.environ['HOME'], ray.clu
 def test_own_head_takes_jobs_with_its_own_token_and_an_empty_home(head):
     home = head.env["HOME"]
     token = head.env["RAY_AUTH_TOKEN_PATH"]
-    assert os.path.dirname(token) == head.temp_dir
+    assert os.path.dirname(token) == head.home and os.path.dirname(head.temp_dir) == head.home
     assert stat.S_IMODE(os.stat(token).st_mode) == 0o600
     out = head.submit(["python", "-c", PROBE], working_dir=str(ROOT), timeout=300, capture=True)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -32,6 +32,46 @@ def test_own_head_takes_jobs_with_its_own_token_and_an_empty_home(head):
                             text=True, timeout=120)
     assert denied.returncode != 0
     assert "token" in (denied.stdout + denied.stderr).lower()
+    _no_other_user_gets_in(head)
+
+
+# Run as another (unprivileged) user: every way into the head's files must fail.
+# (A shell, not Python: the interpreter may live where that user cannot run it.)
+INTRUDER = """
+T=$1
+try() { if eval "$2" >/dev/null 2>&1; then echo "GOT IN: $1"; else echo "denied: $1"; fi; }
+try "list the temp dir" 'ls "$T"'
+try "list logs" 'ls "$T"/session_*/logs'
+try "read a log" 'cat "$T"/session_*/logs/raylet.out'
+try "swap a job folder" 'test -w "$T"/session_latest/runtime_resources/working_dir_files'
+"""
+
+
+def _no_other_user_gets_in(head):
+    import glob
+
+    # Ray opens its own folders to everyone (0777); ours around them is 0700.
+    assert stat.S_IMODE(os.stat(head.home).st_mode) == 0o700
+    opened = [d for d in glob.glob(head.temp_dir + "/**/", recursive=True)
+              if stat.S_IMODE(os.stat(d).st_mode) & 0o002]
+    assert opened, "Ray no longer opens its folders: the private parent could be revisited"
+    assert glob.glob(head.temp_dir + "/session_*/runtime_resources/working_dir_files/*"), "no job folder"
+    if os.getuid() != 0:
+        return  # another user can be played only as root
+
+    def intrude() -> list[str]:
+        out = subprocess.run(["/bin/sh", "-c", INTRUDER, "sh", head.temp_dir], capture_output=True,
+                             text=True, timeout=60, user=65534, group=65534, cwd="/")
+        return out.stdout.splitlines()
+
+    got = intrude()
+    assert len(got) == 4 and all(line.startswith("denied:") for line in got), got
+    # What Ray alone leaves: with our folder opened up, the same user gets in everywhere.
+    os.chmod(head.home, 0o755)
+    try:
+        assert all(line.startswith("GOT IN:") for line in intrude())
+    finally:
+        os.chmod(head.home, 0o700)
 
 
 CONNECT = """
@@ -57,9 +97,10 @@ def test_connect_starts_a_private_local_cluster_and_removes_it(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     lines = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
     temp, token = lines["TEMP"], lines["TOKEN"]
-    # Its own temp dir (not /tmp/ray) holding its own token, which its workers use.
-    assert temp.startswith(short) and os.path.dirname(token) == temp
+    # Its own temp dir (not /tmp/ray) inside a private folder holding its own token,
+    # which its workers use.
+    assert temp.startswith(short) and os.path.dirname(token) == os.path.dirname(temp)
     assert f"CPU {token}" in out.stdout
     assert os.listdir(home) == []  # no ~/.ray/auth_token, nothing else
-    assert not os.path.exists(temp)  # removed at exit
+    assert not os.path.exists(os.path.dirname(temp))  # the private folder is removed at exit
     shutil.rmtree(short, ignore_errors=True)

@@ -60,31 +60,43 @@ def connect(min_cpus: int = 8) -> None:
         return
     # A cluster of our own: never join one another process left running,
     # never share /tmp/ray or ~/.ray/auth_token with other users or runs.
-    temp_dir = tempfile.mkdtemp(prefix="smolray-ray-")
-    atexit.register(_shutdown_and_remove, temp_dir)
+    home = tempfile.mkdtemp(prefix="smolray-ray-")
+    atexit.register(_shutdown_and_remove, home)
     # The dashboard serves the state API, which Ray Train's placement-group
     # cleaner polls; without it every trainer logs a warning each second.
-    start_local(temp_dir, num_cpus=max(min_cpus, os.cpu_count() or 1), include_dashboard=True)
+    start_local(home, num_cpus=max(min_cpus, os.cpu_count() or 1), include_dashboard=True)
 
 
-def start_local(temp_dir: str, num_cpus: int, **init_kwargs) -> None:
-    """`ray.init` a new local cluster in `temp_dir`, with a token of its own there."""
+def ray_temp_dir(home: str) -> str:
+    """Where Ray keeps a cluster's sessions, logs and job folders, inside our private `home`.
+
+    Ray makes its temp dir and the session, logs and job folders in it
+    world-writable (0777, no sticky bit): anyone could read the logs or swap
+    an unpacked job folder for one of their own. Inside a 0700 folder of
+    ours (tempfile.mkdtemp) no other user can reach any of them.
+    """
+    return os.path.join(home, "ray")
+
+
+def start_local(home: str, num_cpus: int, **init_kwargs) -> None:
+    """`ray.init` a new local cluster in the private folder `home`, with a token of its own there."""
     for key in _FOREIGN:
         os.environ.pop(key, None)
+    os.chmod(home, 0o700)
     # Only the token path: with RAY_AUTH_MODE unset, ray.init turns token
     # auth on for the cluster it starts (and refreshes its cached config,
     # which a variable set now would miss) and finds our token there.
     # Workers inherit the variable from the raylet.
-    os.environ["RAY_AUTH_TOKEN_PATH"] = private_token(temp_dir)
+    os.environ["RAY_AUTH_TOKEN_PATH"] = private_token(home)
     os.environ.update(_metric_ports())
-    ray.init(address="local", num_cpus=num_cpus, _temp_dir=temp_dir, **init_kwargs)
+    ray.init(address="local", num_cpus=num_cpus, _temp_dir=ray_temp_dir(home), **init_kwargs)
 
 
-def _shutdown_and_remove(temp_dir: str) -> None:
+def _shutdown_and_remove(home: str) -> None:
     # Ray's own atexit shutdown was registered at import, so it would run
     # after this one: shut down first, then remove what the cluster wrote.
     ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def _metric_ports() -> dict[str, str]:
@@ -104,7 +116,9 @@ class LocalHead:
 
     def __init__(self, num_cpus: int = 8, env: dict[str, str] | None = None):
         self.num_cpus = num_cpus
-        self.temp_dir = tempfile.mkdtemp(prefix="smolray-head-")
+        # Our private folder (0700): the token, the head's log and Ray's temp dir.
+        self.home = tempfile.mkdtemp(prefix="smolray-head-")
+        self.temp_dir = ray_temp_dir(self.home)
         self.port = _free_port()
         self.dashboard_port = _free_port()
         # Every fixed default port too: a second head on the machine (a test
@@ -118,7 +132,7 @@ class LocalHead:
         # gets this env: our token, no address of some other cluster, and
         # metric ports of its own.
         base = {k: v for k, v in os.environ.items() if k not in _FOREIGN}
-        self.env = {**base, **_metric_ports(), **(env or {}), **private_env(self.temp_dir)}
+        self.env = {**base, **_metric_ports(), **(env or {}), **private_env(self.home)}
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -135,7 +149,7 @@ class LocalHead:
                "--include-dashboard=true", "--dashboard-host=127.0.0.1",
                f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats",
                *[f"--{flag}={port}" for flag, port in self.other_ports.items()]]
-        self.log = open(os.path.join(self.temp_dir, "head.log"), "w")
+        self.log = open(os.path.join(self.home, "head.log"), "w")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         # Ready means a job can be submitted: the dashboard answers before the
@@ -189,8 +203,8 @@ class LocalHead:
                     break
                 except subprocess.TimeoutExpired:
                     continue
-        _kill_leftovers(self.temp_dir)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        _kill_leftovers(self.home)
+        shutil.rmtree(self.home, ignore_errors=True)
 
     def __enter__(self) -> LocalHead:
         return self.start()
