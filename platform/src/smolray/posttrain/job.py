@@ -15,8 +15,8 @@ import os
 from smolray.cli import recipe_parser
 from smolray.posttrain.prepare import EXAMPLES, PreparedDataError, Stats, prepare, read_meta, write_meta
 from smolray.recipe import RecipeError, load_recipe
-from smolray.redact import redact, redact_obj
 from smolray.recipe.post import DPORecipe, PostRecipe
+from smolray.redact import redact, redact_obj
 from smolray.tokenizer.bpe import CHAT_TEMPLATE
 
 log = logging.getLogger(__name__)
