@@ -25,7 +25,7 @@ def export_chat_model(checkpoint_dir: str, recipe, init_dir: str, tok, out_dir: 
         return out_dir
     # The starting model gives the architecture and config; its weights are replaced.
     model = load_trained(load_causal_lm(init_dir, packed=False), checkpoint_dir, recipe.train.zero_stage,
-                         recipe.export.dtype)
+                         recipe.export.dtype, recipe.run.trust_checkpoint)
     stop = [tok.eos_token_id]
     turn = tok.convert_tokens_to_ids(END_OF_TURN)
     if END_OF_TURN in tok.chat_template and isinstance(turn, int) and turn != tok.unk_token_id:

@@ -76,7 +76,7 @@ def post_loop(cfg: PostLoopConfig) -> None:
         print(f"loss: {DESCRIPTIONS[loss_impl]}")
     engine = build_engine(model, r.optim, r.train, sched, world, load_universal=reshard)
     if ckpt:
-        load_engine(engine, ckpt, reshard, r.train.zero_stage)
+        load_engine(engine, ckpt, reshard, r.train.zero_stage, r.run.trust_checkpoint)
     engine.train()
 
     B, mb, accum = r.train.global_batch_size, r.train.micro_batch_size, r.grad_accum

@@ -290,6 +290,10 @@ class RunSettings(_Strict):
     # local path (absolute, or relative to the working directory) or a URI.
     output_dir: str
     log_every_steps: int = Field(default=10, gt=0)
+    # Checkpoints load weights-only: a file that would run code when
+    # unpickled is refused. true lifts that for checkpoints this user wrote
+    # with a DeepSpeed whose files hold other objects; never for a shared bucket.
+    trust_checkpoint: bool = False
 
 
 class PretrainRunSettings(RunSettings):

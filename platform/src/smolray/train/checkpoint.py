@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import ray.train
@@ -29,6 +31,57 @@ RECIPE = "recipe.json"
 
 class CheckpointError(RuntimeError):
     pass
+
+
+# Besides tensors and plain containers, these are the only objects a
+# DeepSpeed 0.19 checkpoint holds (ZeRO 0-3, fp32 and bf16, plain and
+# universal): plain data classes whose unpickling runs no code of the file's.
+_DEEPSPEED_DATA = ("deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                   "deepspeed.runtime.zero.config.ZeroStageEnum",
+                   "deepspeed.utils.tensor_fragment.fragment_address")
+
+
+@contextmanager
+def weights_only_loads(source: str, trusted: bool = False):
+    """Every torch.load inside, DeepSpeed's own included, refuses to run pickled code.
+
+    A checkpoint can come from a shared bucket (`run.init_from`, a resume
+    from `<output_dir>/ray`); a full unpickle would run whatever the file
+    says on every worker. DeepSpeed passes weights_only=False to each of its
+    loads, so torch's TORCH_FORCE_WEIGHTS_ONLY_LOAD overrides the argument
+    here. `trusted` (run.trust_checkpoint) is the escape hatch for a
+    checkpoint this user wrote with another DeepSpeed whose files hold other
+    classes.
+    """
+    if trusted:
+        yield
+        return
+    import importlib
+
+    allowed = []
+    for name in _DEEPSPEED_DATA:
+        module, _, attr = name.rpartition(".")
+        try:
+            allowed.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):  # another DeepSpeed: torch names what it meets
+            pass
+    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(allowed):
+            yield
+    except pickle.UnpicklingError as e:
+        what = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), str(e)[:200])
+        raise CheckpointError(
+            f"{redact(source)}: refused to load: the checkpoint holds an object that is not plain "
+            f"data ({what}), and unpickling it could run code from the file. A checkpoint written "
+            "by smolray never does; if this user wrote it with another DeepSpeed version and "
+            "trusts every file in it, set run.trust_checkpoint=true") from None
+    finally:
+        if before is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
 
 
 @dataclass
@@ -96,8 +149,8 @@ def verify(directory: str) -> TrainerState:
     return state
 
 
-def load_engine(engine, ckpt, reshard: bool, zero_stage: int) -> None:
-    with ckpt.as_directory() as d:
+def load_engine(engine, ckpt, reshard: bool, zero_stage: int, trusted: bool = False) -> None:
+    with ckpt.as_directory() as d, weights_only_loads(ckpt.path, trusted):
         if not reshard:
             path, _ = engine.load_checkpoint(d, tag=TAG)
             if path is None:
@@ -120,7 +173,7 @@ def _fix_zero3_universal_groups(engine, universal_dir: str) -> None:
     group would get weight decay) and shares one Adam `step` tensor between
     groups (bias correction drifts by a step). Restore both from the file.
     """
-    saved = torch.load(os.path.join(universal_dir, "zero", "optimizer_state.pt"), weights_only=False)
+    saved = torch.load(os.path.join(universal_dir, "zero", "optimizer_state.pt"), weights_only=True)
     for group, want in zip(engine.optimizer.optimizer.param_groups, saved["param_groups"]):
         group.update({k: v for k, v in want.items() if k != "params"})
     for st in engine.optimizer.optimizer.state.values():

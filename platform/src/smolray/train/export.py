@@ -15,22 +15,24 @@ import torch
 from smolray.model import build_model, set_rope_theta
 from smolray.recipe import Recipe
 from smolray.tokenizer import load_tokenizer
-from smolray.train.checkpoint import TAG, verify
+from smolray.train.checkpoint import TAG, verify, weights_only_loads
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def consolidated_state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, torch.Tensor]:
-    """Full fp32 weights from the DeepSpeed shards of every rank."""
+def consolidated_state_dict(checkpoint_dir: str, zero_stage: int,
+                            trusted: bool = False) -> dict[str, torch.Tensor]:
+    """Full fp32 weights from the DeepSpeed shards of every rank (loaded weights-only)."""
     verify(checkpoint_dir)
-    if zero_stage == 0:
-        path = os.path.join(checkpoint_dir, TAG, "mp_rank_00_model_states.pt")
-        module = torch.load(path, map_location="cpu", weights_only=False)["module"]
-        return {k: v.float() for k, v in module.items()}
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    with weights_only_loads(checkpoint_dir, trusted):
+        if zero_stage == 0:
+            path = os.path.join(checkpoint_dir, TAG, "mp_rank_00_model_states.pt")
+            module = torch.load(path, map_location="cpu", weights_only=True)["module"]
+            return {k: v.float() for k, v in module.items()}
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=TAG)
+        return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=TAG)
 
 
 def export_hf(checkpoint_dir: str, recipe: Recipe, out_dir: str) -> str:
@@ -54,9 +56,9 @@ def publish(local_dir: str, uri: str) -> None:
     pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
-def load_trained(model, checkpoint_dir: str, zero_stage: int, dtype: str):
+def load_trained(model, checkpoint_dir: str, zero_stage: int, dtype: str, trusted: bool = False):
     """The model with the checkpoint's consolidated weights, cast to the export dtype."""
-    state = consolidated_state_dict(checkpoint_dir, zero_stage)
+    state = consolidated_state_dict(checkpoint_dir, zero_stage, trusted)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # With tied embeddings the output head is the input embedding, saved once.
     allowed = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
@@ -74,7 +76,8 @@ def _export_local(checkpoint_dir: str, recipe: Recipe, out_dir: str) -> str:
     model = build_model(recipe.model, recipe.seed, tok.bos_token_id, tok.eos_token_id)
     # The model leaves training with the last stage's RoPE base (context extension).
     set_rope_theta(model, recipe.stages[-1].rope_theta)
-    model = load_trained(model, checkpoint_dir, recipe.train.zero_stage, recipe.export.dtype)
+    model = load_trained(model, checkpoint_dir, recipe.train.zero_stage, recipe.export.dtype,
+                         recipe.run.trust_checkpoint)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     os.makedirs(out_dir, exist_ok=True)

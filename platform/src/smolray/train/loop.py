@@ -70,7 +70,7 @@ def train_loop(cfg: LoopConfig) -> None:
     loss_impl = use_loss_head(model, choose(r.train.lm_loss, device))
     engine = build_engine(model, r.optim, r.train, from_recipe(r), world, load_universal=reshard)
     if ckpt:
-        load_engine(engine, ckpt, reshard, r.train.zero_stage)
+        load_engine(engine, ckpt, reshard, r.train.zero_stage, r.run.trust_checkpoint)
 
     names = plan.names
     base_seq = np.array(state.source_sequences if state else [0] * len(names), dtype=np.int64)
