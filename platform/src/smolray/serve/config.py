@@ -23,19 +23,39 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class Replicas(_Strict):
-    """Ray Serve autoscaling for one model (one vLLM engine per replica)."""
+    """Ray Serve autoscaling for one model (one vLLM engine per replica), and its queue."""
 
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=1, ge=1)
     # Requests in flight per replica that Serve aims for before adding one.
     target_ongoing_requests: int = Field(default=16, gt=0)
+    # Requests a replica's engine takes at once (Serve's default is 1e9: no limit).
+    max_ongoing_requests: int = Field(default=64, gt=0)
+    # Requests waiting, in each ingress replica, while every engine replica is
+    # full; beyond that a request gets 429 with Retry-After at once.
+    max_queued_requests: int = Field(default=64, gt=0)
 
     @model_validator(mode="after")
     def _order(self):
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"replicas.min_replicas={self.min_replicas} is above "
                              f"max_replicas={self.max_replicas}; raise max_replicas")
+        if self.target_ongoing_requests > self.max_ongoing_requests:
+            raise ValueError(f"replicas.target_ongoing_requests={self.target_ongoing_requests} is "
+                             f"above max_ongoing_requests={self.max_ongoing_requests}; the autoscaler "
+                             "would wait for a load the replica never takes")
         return self
+
+
+class Limits(_Strict):
+    """What one authenticated request may ask for (each breach is a 4xx before any engine)."""
+
+    max_n: int = Field(default=4, ge=1)  # `n` and `best_of`: sequences sampled per request
+    allow_beam_search: bool = False
+    max_body_bytes: int = Field(default=1 << 20, gt=0)  # 413 beyond; a 32k-token prompt is ~130 KB
+    # The whole response, stream included: 408 before the first byte, an
+    # error event that ends the stream after it.
+    request_timeout_s: float = Field(default=300.0, gt=0)
 
 
 class ModelSpec(_Strict):
@@ -52,9 +72,13 @@ class ModelSpec(_Strict):
 class ServeConfig(_Strict):
     device: Literal["cpu", "gpu"]
     models: list[ModelSpec] = Field(min_length=1)
-    # The bearer token is read from this environment variable where the app
-    # is built (on the cluster): never written into the config.
+    # The bearer key is read where the app is built (the head), from this
+    # file (mode 0600; the way for `serve deploy`) or else from this
+    # environment variable (the way for `serve run` on one machine). Never
+    # put the key in the config or its runtime_env: Ray logs and shows both.
+    api_key_file: str | None = None
     api_key_env: str = Field(default="SMOLRAY_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    limits: Limits = Limits()
     kv_cache_mb: int = Field(default=256, gt=0)  # CPU only: vLLM's KV cache per engine
     cpus_per_replica: int = Field(default=1, gt=0)  # CPU only: cores the engine books
     # The ingress only parses JSON and routes; a whole core for it would keep
@@ -114,9 +138,15 @@ def llm_config(cfg: ServeConfig, m: ModelSpec, field: str):
 
     cpu = cfg.device == "cpu"
     engine = {**engine_kwargs(cfg.device, m.dtype, m.max_model_len, cfg.kv_cache_mb), **m.engine}
-    autoscaling = m.replicas.model_dump()
+    autoscaling = m.replicas.model_dump(include={"min_replicas", "max_replicas", "target_ongoing_requests"})
     autoscaling["initial_replicas"] = max(1, m.replicas.min_replicas)
-    deployment: dict[str, Any] = {"autoscaling_config": autoscaling}
+    deployment: dict[str, Any] = {
+        "autoscaling_config": autoscaling,
+        "max_ongoing_requests": m.replicas.max_ongoing_requests,
+        "max_queued_requests": m.replicas.max_queued_requests,
+        # 429 (too many requests, come back) rather than Serve's default 503.
+        "backpressure_config": {"status_code": 429, "retry_after_s": 1},
+    }
     kwargs: dict[str, Any] = {}
     if cpu:
         kwargs["accelerator_config"] = {"kind": "cpu"}
