@@ -33,6 +33,56 @@ def test_own_head_takes_jobs_with_its_own_token_and_an_empty_home(head):
     assert denied.returncode != 0
     assert "token" in (denied.stdout + denied.stderr).lower()
     _no_other_user_gets_in(head)
+    _every_port_is_on_loopback_and_listed(head)
+
+
+def _listening() -> dict[int, tuple[str, int]]:
+    """Listening TCP sockets on this machine: socket inode -> (address, port), from /proc/net."""
+    out = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in f.read().splitlines()[1:]:
+                cols = row.split()
+                if cols[3] != "0A":  # LISTEN
+                    continue
+                addr, port = cols[1].split(":")
+                raw = bytes.fromhex(addr)
+                # The kernel prints each 32-bit word in host (little-endian) order.
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                import ipaddress
+
+                ip = ipaddress.ip_address(words)
+                if ip.version == 6 and ip.ipv4_mapped:
+                    ip = ip.ipv4_mapped
+                out[int(cols[9])] = (str(ip), int(port, 16))
+    return out
+
+
+def _every_port_is_on_loopback_and_listed(head):
+    """Each process of the head (it carries the head's token path) listens on loopback only."""
+    token = "RAY_AUTH_TOKEN_PATH=" + head.env["RAY_AUTH_TOKEN_PATH"]
+    sockets = _listening()
+    seen: dict[int, str] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if token.encode() not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{pid}/comm") as f:
+                name = f.read().strip()
+            inodes = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue  # gone meanwhile
+        for link in inodes:
+            if link.startswith("socket:[") and int(link[8:-1]) in sockets:
+                ip, port = sockets[int(link[8:-1])]
+                assert ip in ("127.0.0.1", "::1"), f"{name} (pid {pid}) listens on {ip}:{port}"
+                seen[port] = name
+    named = set(head.ports.values())
+    assert named <= set(seen), f"named ports not listening: {sorted(named - set(seen))}"
+    # Besides the named ports, only workers' own ports, in Ray's worker range.
+    others = {p: n for p, n in seen.items() if p not in named}
+    assert all(10002 <= p <= 19999 for p in others), others
 
 
 # Run as another (unprivileged) user: every way into the head's files must fail.
@@ -82,6 +132,7 @@ ctx = ray.get_runtime_context()
 print("TEMP=" + ray._private.worker.global_worker.node.get_temp_dir_path())
 print("TOKEN=" + os.environ["RAY_AUTH_TOKEN_PATH"])
 print("CPU", ray.get(ray.remote(lambda: os.environ["RAY_AUTH_TOKEN_PATH"]).remote()))
+print("NODE=" + ray.util.get_node_ip_address())
 """
 
 
@@ -101,6 +152,7 @@ def test_connect_starts_a_private_local_cluster_and_removes_it(tmp_path):
     # which its workers use.
     assert temp.startswith(short) and os.path.dirname(token) == os.path.dirname(temp)
     assert f"CPU {token}" in out.stdout
+    assert lines["NODE"] == "127.0.0.1"  # loopback-only: no other machine can reach it
     assert os.listdir(home) == []  # no ~/.ray/auth_token, nothing else
     assert not os.path.exists(os.path.dirname(temp))  # the private folder is removed at exit
     shutil.rmtree(short, ignore_errors=True)

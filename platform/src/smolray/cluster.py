@@ -9,6 +9,10 @@ cluster to join) gets a token of its own, written into its temp dir and
 handed to every process it runs through `RAY_AUTH_TOKEN_PATH`; the user's
 `~/.ray/auth_token` is never read or written. Joining an existing cluster
 keeps Ray's normal token lookup.
+
+Such a cluster is also loopback-only: every port it opens (GCS, raylet,
+workers, agents, dashboard, metrics) listens on 127.0.0.1, so nothing off
+the machine can even reach the token check. `LocalHead.ports` lists them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ import ray
 # Variables that would point our own cluster's processes at another cluster
 # or another token; LocalHead and start_local drop them.
 _FOREIGN = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
+
+# Ray 2.60 turns `--node-ip-address=127.0.0.1` into the machine's address
+# and binds GCS, raylet and workers to every interface. Its single-machine
+# mode (the default on macOS and Windows, off on Linux) keeps the node on
+# 127.0.0.1, and every server Ray starts binds there. No other machine can
+# join such a cluster, which is what a local head is.
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def private_token(directory: str) -> str:
@@ -79,9 +90,15 @@ def ray_temp_dir(home: str) -> str:
 
 
 def start_local(home: str, num_cpus: int, **init_kwargs) -> None:
-    """`ray.init` a new local cluster in the private folder `home`, with a token of its own there."""
+    """`ray.init` a new loopback-only local cluster in the private folder `home`, with a token of its own there."""
     for key in _FOREIGN:
         os.environ.pop(key, None)
+    # The processes ray.init starts read the variable; this one read it when
+    # ray was imported, so its copy is set too (private in Ray 2.60).
+    os.environ.update(LOOPBACK)
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
     os.chmod(home, 0o700)
     # Only the token path: with RAY_AUTH_MODE unset, ray.init turns token
     # auth on for the cluster it starts (and refreshes its cached config,
@@ -112,9 +129,13 @@ def _free_port() -> int:
 
 
 class LocalHead:
-    """A private single-node Ray cluster with a job server, for demos and tests."""
+    """A private single-node Ray cluster with a job server, for demos and tests.
 
-    def __init__(self, num_cpus: int = 8, env: dict[str, str] | None = None):
+    `loopback=False` lets other machines reach it (and join it): its ports
+    then listen on every interface, guarded by the token alone.
+    """
+
+    def __init__(self, num_cpus: int = 8, env: dict[str, str] | None = None, loopback: bool = True):
         self.num_cpus = num_cpus
         # Our private folder (0700): the token, the head's log and Ray's temp dir.
         self.home = tempfile.mkdtemp(prefix="smolray-head-")
@@ -131,8 +152,10 @@ class LocalHead:
         # Every client we run (`ray job submit`, `serve run`, status calls)
         # gets this env: our token, no address of some other cluster, and
         # metric ports of its own.
-        base = {k: v for k, v in os.environ.items() if k not in _FOREIGN}
-        self.env = {**base, **_metric_ports(), **(env or {}), **private_env(self.home)}
+        base = {k: v for k, v in os.environ.items() if k not in _FOREIGN and k not in LOOPBACK}
+        self.metric_ports = _metric_ports()
+        self.env = {**base, **self.metric_ports, **(LOOPBACK if loopback else {}), **(env or {}),
+                    **private_env(self.home)}
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -142,6 +165,15 @@ class LocalHead:
     @property
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Every fixed port the head opens, by name. Each worker process opens
+        one more, chosen by Ray from 10002-19999 (on loopback too)."""
+        return {"gcs": self.port, "dashboard": self.dashboard_port,
+                **self.other_ports,
+                "autoscaler-metrics": int(self.metric_ports["AUTOSCALER_METRIC_PORT"]),
+                "dashboard-metrics": int(self.metric_ports["DASHBOARD_METRIC_PORT"])}
 
     def start(self, timeout: float = 180) -> LocalHead:
         cmd = [self._ray, "start", "--head", "--block", f"--port={self.port}",
