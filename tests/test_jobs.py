@@ -89,6 +89,8 @@ def test_cluster_yaml_matches_rays_schema():
     validate_config(config)
     assert {"head", "gpu_train", "gpu_serve", "cpu_data"} <= set(config["available_node_types"])
     assert any("make install" in c for c in config["setup_commands"])
+    # The job server (plain HTTP, the token in every request) is reached through `ray dashboard`'s tunnel.
+    assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
     config["available_node_types"]["head"]["min_wrokers"] = 1  # a typo must not pass
     with pytest.raises(Exception, match="min_wrokers"):
         validate_config(config)
