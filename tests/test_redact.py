@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -72,3 +73,20 @@ def test_prepared_data_key_has_no_credentials(tokenizer_dir):
     recipe = load_recipe(ROOT / "recipes" / "tiny-sft.yaml", ["data.dataset.files=[]", f"data.dataset.hf={KEYED}"], cls=SFTRecipe)
     key = data_key(recipe, tokenizer_dir, "template", "init")
     assert SECRET not in json.dumps(key)
+
+
+def test_a_sweeps_plan_has_no_credentials_and_its_trial_recipes_are_private(keyed_recipe, tmp_path):
+    import stat
+
+    from smolray.tune.sweep import Trial, write_trials
+
+    recipe = keyed_recipe.model_copy(update={"run": keyed_recipe.run.model_copy(
+        update={"output_dir": str(tmp_path / "trials" / "t00")})})
+    trial = Trial("t00", {"prose": 0.5, "code": 0.5}, recipe)
+    write_trials(str(tmp_path), [trial])
+    plan = (tmp_path / "trials.json").read_text()
+    assert SECRET not in plan and "AKIDSMOLRAY" not in plan and redact(f"{KEYED}/code") in plan
+    # The trial loads its recipe.yaml and needs the credentials there: only this user reads it.
+    assert SECRET in open(trial.recipe_path).read()
+    assert stat.S_IMODE(os.stat(trial.recipe_path).st_mode) == 0o600
+    write_trials(str(tmp_path), [trial])  # a rerun of the same plan is still recognised

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import yaml
 
 from smolray.recipe import Recipe, RecipeError, load_recipe
+from smolray.redact import redact_obj
 from smolray.tune.config import SchedulerConfig, SweepConfig
 from smolray.tune.space import mixtures, trial_recipe
 
@@ -64,19 +65,25 @@ def write_trials(out: str, trials: list[Trial], record: bool = True) -> None:
 
     The plan holds every trial's whole recipe, so a rerun whose space, seed,
     budget or base recipe changed is refused, naming the fields that differ.
+    It is a record, so credentials in its URIs are masked; each trial's
+    recipe.yaml is what the trial loads, so it keeps them and only this
+    user can read it (as the recipe the sweep came from).
     """
     path = os.path.join(out, "trials.json")
-    planned = {t.id: {"mixture": t.mixture, "recipe": t.recipe.model_dump(mode="json")} for t in trials}
+    planned = redact_obj({t.id: {"mixture": t.mixture, "recipe": t.recipe.model_dump(mode="json")}
+                          for t in trials})
     if record and os.path.exists(path):
         with open(path) as f:
-            old = json.load(f)
+            old = redact_obj(json.load(f))  # a plan an older version wrote unmasked compares alike
         if old != planned:
             raise RecipeError(f"{out} holds a sweep planned differently ({_plan_change(old, planned)}). "
                               "Give the sweep a new name to keep both, restore the old settings to "
                               "resume it, or move that directory away to start over")
     for t in trials:
         os.makedirs(os.path.dirname(t.recipe_path), exist_ok=True)
-        with open(t.recipe_path, "w") as f:
+        fd = os.open(t.recipe_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # also when an older run left it readable
+        with os.fdopen(fd, "w") as f:
             yaml.safe_dump(t.recipe.model_dump(mode="json"), f, sort_keys=False)
     if record:
         with open(path, "w") as f:
