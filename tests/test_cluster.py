@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import stat
@@ -49,8 +50,6 @@ def _listening() -> dict[int, tuple[str, int]]:
                 raw = bytes.fromhex(addr)
                 # The kernel prints each 32-bit word in host (little-endian) order.
                 words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-                import ipaddress
-
                 ip = ipaddress.ip_address(words)
                 if ip.version == 6 and ip.ipv4_mapped:
                     ip = ip.ipv4_mapped
