@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 
+from smolray.curate import CurateError
 from smolray.data.plan import DataPlanError
 from smolray.data.raw import RawDataError
 from smolray.data.shards import ShardError
@@ -17,7 +18,7 @@ from smolray.recipe import Recipe, RecipeError, load_recipe
 from smolray.redact import redact
 
 USER_ERRORS = (RecipeError, DataPlanError, ShardError, RawDataError, FileNotFoundError,
-               PreparedDataError, TemplateError, TaskError)
+               PreparedDataError, TemplateError, TaskError, CurateError)
 
 
 def recipe_parser(description: str, example: str = "recipes/tiny.yaml",

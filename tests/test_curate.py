@@ -1,0 +1,333 @@
+"""Curation: the job on the raw web sample through `ray job submit`, dedup against planted
+duplicates, decontamination, bad input, and a SIGKILLed job that resumes to the same output.
+
+data/sample/raw/web_truth.json says which sample document is which (exact
+and near duplicates with their measured Jaccard, non-English, low quality,
+contaminated), so the tests check decisions, not just counts.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import ROOT, SAMPLE, TINY
+
+RECIPE = ROOT / "recipes" / "curate-sample.yaml"
+TRUTH = json.loads((SAMPLE / "raw" / "web_truth.json").read_text())
+PY = sys.executable
+
+
+def _recipe(tmp: Path, **changes) -> Path:
+    r = yaml.safe_load(RECIPE.read_text())
+    r["output_dir"] = str(tmp)
+    r.update(changes)
+    path = tmp / "curate.yaml"
+    tmp.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(r))
+    return path
+
+
+def _rows(folder: Path) -> list[dict]:
+    files = sorted(folder.glob("part-*.parquet"))
+    return [r for f in files for r in pq.read_table(f).to_pylist()]
+
+
+@pytest.fixture(scope="module")
+def curated(head, tmp_path_factory):
+    """The sample recipe, uninterrupted, as a user submits it."""
+    tmp = tmp_path_factory.mktemp("curate")
+    path = _recipe(tmp)
+    res = head.submit(["python", "jobs/curate.py", "--config", str(path)], working_dir=str(ROOT), timeout=900,
+                      capture=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = tmp / "web-sample"
+    return {"out": out, "stdout": res.stdout, "manifest": json.loads((out / "manifest.json").read_text()),
+            "kept": _rows(out / "data"), "dropped": _rows(out / "dropped"), "recipe": path}
+
+
+def test_funnel_counts_every_document_once(curated):
+    m, kept, dropped = curated["manifest"], curated["kept"], curated["dropped"]
+    steps = m["steps"]
+    assert [s["step"] for s in steps] == ["read", "langid", "decontaminate", "gopher_repetition", "gopher_quality",
+                                          "c4_quality", "fineweb_quality", "exact_dedup", "minhash_dedup"]
+    assert steps[0]["in"] == sum(1 for line in (SAMPLE / "raw" / "web.jsonl").open() if line.strip())
+    for a, b in zip(steps, steps[1:]):
+        assert b["in"] == a["kept"]
+    for s in steps:
+        assert s["in"] == s["kept"] + sum(s["dropped"].values())
+        assert all(r.startswith(s["step"]) for r in s["dropped"])
+    assert m["output"]["docs"] == steps[-1]["kept"] == len(kept)
+    assert len(kept) + len(dropped) == steps[0]["in"]
+    assert len({d["id"] for d in kept + dropped}) == steps[0]["in"]
+    assert (curated["out"] / "funnel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The table on stdout names each step with its counts.
+    assert "minhash_dedup" in curated["stdout"] and f"{len(kept)} documents kept" in curated["stdout"]
+
+
+def test_each_planted_document_is_decided_as_planted(curated):
+    kept = {d["id"]: d for d in curated["kept"]}
+    why = {d["id"]: d["reason"] for d in curated["dropped"]}
+    for ids in TRUTH["non_english"].values():
+        assert all(why.get(i, "").startswith("langid") for i in ids), ids
+    for kind, ids in TRUTH["low_quality"].items():
+        assert not set(ids) & set(kept), (kind, set(ids) & set(kept))
+    assert all(d["language"] == "en" and d["language_score"] >= 0.65 for d in kept.values())
+    # Of an exact pair both kept never happens; a kept copy's twin was dropped as its duplicate.
+    for pair in TRUTH["exact_duplicates"]:
+        assert not (pair["id"] in kept and pair["of"] in kept), pair
+    for pair in TRUTH["near_duplicates"]:
+        if pair["target"] >= 0.9:
+            assert not (pair["id"] in kept and pair["of"] in kept), pair
+    dedup = [d for d in curated["dropped"] if d["reason"].endswith("_dedup")]
+    assert dedup and all(d["detail"].startswith("duplicate of web.jsonl:") for d in dedup)
+    assert all(d["url"].startswith("http") for d in kept.values())  # inputs.keep_fields carried
+
+
+def test_contaminated_documents_are_dropped_and_reported(curated):
+    why = {d["id"]: d for d in curated["dropped"]}
+    report = json.loads((curated["out"] / "decontamination.json").read_text())
+    assert report["ngram"] == 13 and set(report["tasks"]) == {"prose_cloze", "math_cloze", "code_cloze"}
+    for planted in TRUTH["contaminated"]:
+        d = why[planted["id"]]
+        task = Path(planted["task_file"]).stem
+        example = f"{task}/{planted['task_id']}"
+        assert d["reason"] == "decontaminate" and example in d["detail"].split(","), d
+        assert planted["id"] in report["tasks"][task]["matched"][example]
+    # Only the planted pages quote a benchmark (the builder left out every text that did).
+    assert sum(len(t["matched"]) for t in report["tasks"].values()) == len(TRUTH["contaminated"])
+
+
+def test_curated_source_tokenizes_and_trains(curated, head, tokenizer_dir, tmp_path):
+    recipe = yaml.safe_load(TINY.read_text())
+    recipe["tokenizer"] = tokenizer_dir
+    recipe["model"]["vocab_size"] = 1024
+    recipe["data"]["sources"] = [{"name": "web", "raw": [str(curated["out"] / "data")],
+                                  "shards": str(tmp_path / "web")}]
+    recipe["data"]["weights"] = {"web": 1.0}
+    recipe["train"].update(total_tokens=4 * 16 * 256, num_workers=1)
+    recipe["schedule"]["warmup_steps"] = 1
+    recipe["eval"] = {"every_steps": 0, "at_start": False}
+    recipe["run"] = {"output_dir": str(tmp_path / "run")}
+    path = tmp_path / "web.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    for job in ("jobs/tokenize.py", "jobs/pretrain.py"):
+        res = head.submit(["python", job, "--config", str(path)], working_dir=str(ROOT), timeout=900,
+                          capture=True)
+        assert res.returncode == 0, job + res.stdout[-3000:] + res.stderr[-3000:]
+    from smolray.data.shards import read_manifest
+
+    m = read_manifest(str(tmp_path / "web"))
+    assert m.docs + m.skipped_empty + m.skipped_short == len(curated["kept"]) and m.tokens > 0
+    assert re.search(r"run tiny: 4 steps, 16,384 tokens", res.stdout), res.stdout[-2000:]
+    assert re.search(r"web\s+16,384\s+100.0%", res.stdout), res.stdout[-2000:]
+
+
+def test_killed_job_resumes_to_the_same_output(curated, ray_cluster, tmp_path):
+    """SIGKILL mid-run (some parts of the filter phase on disk), rerun: the uninterrupted output."""
+    path = _recipe(tmp_path, inputs={**yaml.safe_load(RECIPE.read_text())["inputs"], "rows_per_part": 25})
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    cmd = [PY, "jobs/curate.py", "--config", str(path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = tmp_path / "web-sample" / "work"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        marks = list(work.glob("01-*/stats/*.json"))
+        if len(marks) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    marks = list(work.glob("01-*/stats/*.json"))
+    assert 3 <= len(marks) < 20, "the kill must land inside the filter phase"
+    assert not (tmp_path / "web-sample" / "manifest.json").exists()
+
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = tmp_path / "web-sample"
+    strip = lambda rows: sorted((r["id"], r["text"]) for r in rows)  # noqa: E731
+    assert strip(_rows(out / "data")) == strip(curated["kept"])
+    assert sorted((r["id"], r["reason"]) for r in _rows(out / "dropped")) == sorted(
+        (r["id"], r["reason"]) for r in curated["dropped"])
+    # Finished parts were reused, not redone.
+    line = next(x for x in res.stdout.splitlines() if x.startswith("langid+"))
+    todo, reused = (int(w) for w in re.match(r".*: (\d+) to run, (\d+) already done", line).groups())
+    assert todo + reused == 20 and reused >= len(marks), line
+
+
+# ---- dedup against the planted duplicates, and the LSH curve ------------------------------------
+
+@pytest.fixture(scope="module")
+def web_docs(ray_cluster):
+    rows = [json.loads(line) for line in (SAMPLE / "raw" / "web.jsonl").open()]
+    ids = {r["id"]: i for i, r in enumerate(rows)}
+    ds = ray_cluster.data.from_items([{"idx": i, "text": r["text"]} for i, r in enumerate(rows)])
+    return ds, ids
+
+
+def _clusters(pairs) -> dict[int, int]:
+    return {int(a): int(b) for a, b in zip(pairs["idx"], pairs["dup_of"])}
+
+
+def test_exact_dedup_finds_every_copy_and_keeps_the_first(web_docs):
+    from smolray.curate.dedup import exact_duplicates
+
+    ds, ids = web_docs
+    dup = _clusters(exact_duplicates(ds, 3).to_pandas())
+    for pair in TRUTH["exact_duplicates"]:
+        a, b = ids[pair["id"]], ids[pair["of"]]
+        assert dup.get(max(a, b)) == min(a, b), pair
+    assert len(dup) == len(TRUTH["exact_duplicates"])
+
+
+def test_minhash_finds_planted_near_duplicates_at_the_lsh_rate(web_docs):
+    from smolray.curate.config import MinHashDedup
+    from smolray.curate.dedup import minhash_duplicates
+
+    ds, ids = web_docs
+    cfg = MinHashDedup(step="minhash_dedup")
+    root = _clusters(minhash_duplicates(ds, cfg, 3).to_pandas())
+    find = lambda i: root.get(i, i)  # noqa: E731
+    for target in (0.9, 0.8, 0.7):
+        pairs = [p for p in TRUTH["near_duplicates"] if p["target"] == target]
+        found = sum(find(ids[p["id"]]) == find(ids[p["of"]]) for p in pairs)
+        expect = sum(cfg.probability(p["jaccard"]) for p in pairs)
+        # Poisson-binomial: within 3 standard deviations (a 0.3% chance to fail by luck).
+        sd = math.sqrt(sum(cfg.probability(p["jaccard"]) * (1 - cfg.probability(p["jaccard"])) for p in pairs))
+        assert abs(found - expect) <= max(3 * sd, 1), (target, found, expect)
+    # Exact copies are Jaccard 1: always in one cluster.
+    for pair in TRUTH["exact_duplicates"]:
+        assert find(ids[pair["id"]]) == find(ids[pair["of"]]), pair
+
+
+@pytest.mark.parametrize("jaccard", [0.9, 0.8, 0.7, 0.5])
+def test_lsh_catches_pairs_as_often_as_the_band_formula_says(jaccard):
+    """300 word-set pairs at an exact Jaccard: the share caught matches 1-(1-J^8)^14 within 4 sd."""
+    from smolray.curate.config import MinHashDedup
+    from smolray.curate.minhash import band_keys, signatures
+
+    cfg = MinHashDedup(step="minhash_dedup", ngram=1)
+    rng = random.Random(int(jaccard * 100))
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = sorted({"".join(rng.choice(letters) for _ in range(7)) for _ in range(60000)})
+    n, texts, js = 300, [], []
+    for _ in range(300):
+        common = round(2 * n * jaccard / (1 + jaccard))
+        words = rng.sample(vocab, 2 * n - common)
+        texts += [" ".join(words[:n]), " ".join(words[:common] + words[n:])]
+        js.append(common / (2 * n - common))
+    keys = band_keys(signatures(texts, cfg)[0], cfg)
+    caught = (keys[0::2] == keys[1::2]).any(axis=1).mean()
+    p = float(np.mean([cfg.probability(j) for j in js]))
+    assert abs(caught - p) <= 4 * math.sqrt(p * (1 - p) / 300) + 1e-9, (caught, p)
+
+
+def test_components_distributed_rounds_equal_union_find(ray_cluster):
+    """The shuffle rounds (used above LOCAL_EDGES) and the one-task union-find agree on a chain and stars."""
+    from smolray.curate.dedup import _union_find, components
+
+    rng = np.random.default_rng(0)
+    src = np.concatenate([rng.integers(0, 400, 150), np.arange(501, 540)])
+    dst = np.concatenate([rng.integers(0, 400, 150), np.arange(500, 539)])
+    keep = src != dst
+    src, dst = src[keep], dst[keep]
+    want = _union_find(src, dst)
+    want = dict(zip(want["idx"].tolist(), want["dup_of"].tolist()))
+    assert want[539] == 500  # the chain's end points at its smallest node
+    edges = ray_cluster.data.from_items([{"src": int(a), "dst": int(b)} for a, b in zip(src, dst)])
+    got = components(edges.materialize(), 3, local_edges=0).to_pandas()
+    assert len(got) == len(want) and dict(zip(got["idx"], got["dup_of"])) == want
+
+
+# ---- language ID, decontamination and bad input, without a cluster ------------------------------
+
+def test_language_id_uses_the_bundled_model_offline():
+    from smolray.curate.config import LangId
+    from smolray.curate.langid import Detector, LanguageError
+
+    det = Detector(LangId(step="langid"))
+    lang, score = det("It is a truth universally acknowledged, that a single man in possession of a "
+                      "good fortune, must be in want of a wife.")
+    assert lang == "en" and score > 0.9 and det.reason(lang, score) is None
+    lang, score = det("Il était une fois une petite fille qui vivait dans un village près de la forêt.")
+    assert lang == "fr" and det.reason(lang, score) == "langid.languages"
+    with pytest.raises(LanguageError, match="langid.model='nope.bin'"):
+        Detector(LangId(step="langid", model="nope.bin"))
+
+
+def test_decontamination_matches_query_and_answer_across_the_seam(tmp_path):
+    from smolray.curate.config import Decontaminate
+    from smolray.curate.decontam import build_index, matches
+
+    task = tmp_path / "quiz.jsonl"
+    query = "In which year did the small committee of seven gardeners first agree to plant"
+    task.write_text(json.dumps({"id": "q1", "query": query, "choices": [" the old oak tree", " roses"],
+                                "gold": 0}) + "\n" + json.dumps({"id": "q2", "query": "Too short",
+                                                                  "choices": [" a", " b"], "gold": 1}) + "\n")
+    index, tasks = build_index(Decontaminate(step="decontaminate", tasks=[str(task)]))
+    assert tasks == {"quiz": {"examples": 2, "shorter_than_ngram": 1}}
+    seam = "Notes. The small committee of Seven gardeners first agree to plant the old oak tree, they said."
+    assert matches(seam, index, 13) == ["quiz/q1"]
+    assert matches("the small committee of seven gardeners first agree to plant roses", index, 13) == []
+    assert matches("Too short a", index, 13) == []
+
+
+def test_bad_input_is_counted_by_reason_or_refused_naming_file_and_field(tmp_path):
+    from smolray.curate import CurateError
+    from smolray.curate.config import Inputs
+    from smolray.curate.parts import read_file
+
+    f = tmp_path / "mixed.jsonl.gz"
+    lines = [json.dumps({"id": "a", "text": "fine text"}).encode(), b'{"text": "broken',
+             json.dumps({"text": "   "}).encode(), json.dumps({"body": "no text field"}).encode(),
+             b'{"text": "caf\xe9 latin-1"}', json.dumps({"text": 7}).encode()]
+    f.write_bytes(gzip.compress(b"\n".join(lines)))
+    docs, dropped, _ = read_file(str(f), 3, Inputs(raw=[str(f)]))
+    assert [(d["id"], d["text"], d["idx"]) for d in docs] == [("a", "fine text", 3 << 32)]
+    assert [d["reason"] for d in dropped] == ["read.bad_json", "read.empty", "read.no_text", "read.not_utf8",
+                                              "read.no_text"]
+    assert [d["id"] for d in dropped][:2] == ["mixed.jsonl.gz:2", "mixed.jsonl.gz:3"]
+
+    p = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"content": ["x"]}), p)
+    with pytest.raises(CurateError, match=r"docs.parquet: no record has the field inputs.text_field='text'.*"
+                                          r"\['content'\]"):
+        read_file(str(p), 0, Inputs(raw=[str(p)]))
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"PAR1 not really")
+    with pytest.raises(CurateError, match="broken.parquet: cannot be read"):
+        read_file(str(bad), 0, Inputs(raw=[str(bad)]))
+
+
+def test_bad_recipes_fail_before_any_cluster_work(tmp_path):
+    def run(**changes):
+        path = _recipe(tmp_path, **changes)
+        return subprocess.run([PY, "jobs/curate.py", "--config", str(path), "--dry-run"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    steps = yaml.safe_load(RECIPE.read_text())["steps"]
+    res = run(steps=steps + [{"step": "langid"}])
+    assert res.returncode == 2 and "appears twice" in res.stderr
+    res = run(steps=[{"step": "minhash_dedup", "bands": 0}])
+    assert res.returncode == 2 and "bands" in res.stderr
+    res = run(steps=[{"step": "decontaminate", "tasks": [str(tmp_path / "none.jsonl")]}])
+    assert res.returncode == 2 and "none.jsonl" in res.stderr
+    res = run(inputs={"raw": [str(tmp_path / "nothing-*.jsonl")]})
+    assert res.returncode == 2 and "inputs.raw" in res.stderr
+    res = run()
+    assert res.returncode == 0 and "phase 3 minhash_dedup: 0 work items already done" in res.stdout
