@@ -28,6 +28,13 @@ def test_every_shipped_recipe_validates(path):
         cfg = load_recipe(path, cls=SynthConfig)
         assert getattr(cfg, cfg.mode) is not None
         return
+    if "steps" in raw:  # jobs/curate.py
+        from smolray.curate.config import CurateConfig
+        from smolray.data.raw import expand
+
+        cfg = load_recipe(path, cls=CurateConfig)
+        assert expand(cfg.inputs.raw, "inputs.raw")  # the inputs it names ship with the repo
+        return
     objective = raw.get("objective")
     if objective:  # post-training recipes: jobs/sft.py, jobs/dpo.py
         recipe = load_recipe(path, cls={"sft": SFTRecipe, "dpo": DPORecipe}[objective])
