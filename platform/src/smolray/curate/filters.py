@@ -3,7 +3,8 @@
 Each filter is a typed step config whose fields are the published thresholds
 (datatrove 0.10 / FineWeb defaults) and whose `check(text)` returns the text
 (only C4 edits it, by dropping lines) and None to keep or "<step>.<field>",
-the threshold that rejected it. A field set to None turns its rule off.
+the threshold that rejected it. A field set to None turns its rule off
+(datatrove also turns a rule off at 0; here 0 is a threshold like any other).
 
 Decisions follow datatrove's filters rule for rule, including their quirks
 (noted where they differ from the papers' wording), and count words the way
@@ -57,29 +58,29 @@ class GopherQuality(_Strict):
     def check(self, text: str) -> tuple[str, str | None]:
         words = split_words(text)
         real = [w for w in words if any(c not in SYMBOLS for c in w)]
-        if not real or (self.min_doc_words and len(real) < self.min_doc_words):
+        if not real or (self.min_doc_words is not None and len(real) < self.min_doc_words):
             return text, "gopher_quality.min_doc_words"
-        if self.max_doc_words and len(real) > self.max_doc_words:
+        if self.max_doc_words is not None and len(real) > self.max_doc_words:
             return text, "gopher_quality.max_doc_words"
         mean = sum(map(len, real)) / len(real)
-        if self.min_avg_word_length and mean < self.min_avg_word_length:
+        if self.min_avg_word_length is not None and mean < self.min_avg_word_length:
             return text, "gopher_quality.min_avg_word_length"
-        if self.max_avg_word_length and mean > self.max_avg_word_length:
+        if self.max_avg_word_length is not None and mean > self.max_avg_word_length:
             return text, "gopher_quality.max_avg_word_length"
         n, lines = len(words), text.splitlines()
-        if self.max_symbol_word_ratio and max(
+        if self.max_symbol_word_ratio is not None and max(
                 text.count("#"), text.count("...") + text.count("…")) / n > self.max_symbol_word_ratio:
             return text, "gopher_quality.max_symbol_word_ratio"
-        if self.max_bullet_lines_ratio and sum(
+        if self.max_bullet_lines_ratio is not None and sum(
                 s.lstrip().startswith(("•", "-")) for s in lines) / len(lines) > self.max_bullet_lines_ratio:
             return text, "gopher_quality.max_bullet_lines_ratio"
-        if self.max_ellipsis_lines_ratio and sum(
+        if self.max_ellipsis_lines_ratio is not None and sum(
                 s.rstrip().endswith(("...", "…")) for s in lines) / len(lines) > self.max_ellipsis_lines_ratio:
             return text, "gopher_quality.max_ellipsis_lines_ratio"
-        if self.min_alpha_words_ratio and sum(
+        if self.min_alpha_words_ratio is not None and sum(
                 any(c.isalpha() for c in w) for w in words) / n < self.min_alpha_words_ratio:
             return text, "gopher_quality.min_alpha_words_ratio"
-        if self.min_stop_words and len(set(self.stop_words) & set(words)) < self.min_stop_words:
+        if self.min_stop_words is not None and len(set(self.stop_words) & set(words)) < self.min_stop_words:
             return text, "gopher_quality.min_stop_words"
         return text, None
 
@@ -109,9 +110,9 @@ class GopherRepetition(_Strict):
             return text, "gopher_repetition.empty"
         for kind, parts in (("para", re.split(r"\n{2,}", text.strip())), ("line", re.split(r"\n+", text))):
             count, chars = _duplicates(parts)
-            if (t := getattr(self, f"dup_{kind}_frac")) and count / len(parts) > t:
+            if (t := getattr(self, f"dup_{kind}_frac")) is not None and count / len(parts) > t:
                 return text, f"gopher_repetition.dup_{kind}_frac"
-            if (t := getattr(self, f"dup_{kind}_char_frac")) and chars / len(text) > t:
+            if (t := getattr(self, f"dup_{kind}_char_frac")) is not None and chars / len(text) > t:
                 return text, f"gopher_repetition.dup_{kind}_char_frac"
         words = split_words(text)
         for n in (2, 3, 4):

@@ -24,16 +24,16 @@ from functools import lru_cache
 TERMINAL = frozenset(".!?‼‽⁇⁈⁉⸮⸼。｡．！？﹒﹖﹗؟۔؞।॥։።፧፨၊။។៕܀܁܂߹꓿")
 _SENTENCE_END = TERMINAL - set("؞។៕")
 # Split off either end of a chunk (and "§ % = — –" the front, "— –" the back).
-_PUNCT = "…,:;!?¿؟¡()[]{}<>_#*&。？！，、；：～·।،۔؛٪"
-_QUOTES = "'\"”“`‘´’‚,„»«「」『』（）〔〕【】《》〈〉〈〉⟦⟧"
-_CURRENCY = "$£€¥฿₽﷼" + "".join(map(chr, range(0x20A0, 0x20C0)))
+_PUNCT = frozenset("…,:;!?¿؟¡()[]{}<>_#*&。？！，、；：～·।،۔؛٪")
+_QUOTES = frozenset("'\"”“`‘´’‚,„»«「」『』（）〔〕【】《》〈〉〈〉⟦⟧")
+_CURRENCY = frozenset("$£€¥฿₽﷼" + "".join(map(chr, range(0x20A0, 0x20C0))))
 _UNITS = frozenset(  # split off a number: "5km" is "5" "km"
     "km km² km³ m m² m³ dm dm² dm³ cm cm² cm³ mm mm² mm³ ha µm nm yd in ft kg g mg µg t lb oz m/s km/h kmh mph "
     "hPa Pa mbar mb MB kb KB gb GB tb TB T G M K % км км² км³ м м² м³ дм дм² дм³ см см² см³ мм мм² мм³ нм кг г мг "
     "м/с км/ч кПа Па мбар Кб КБ кб Мб МБ мб Гб ГБ гб Тб ТБ كم كم² كم³ م م² م³ سم سم² سم³ مم مم² مم³ غرام جرام جم كغ "
     "ملغ كوب اكواب".split())
 _DIGITS = frozenset("0123456789")  # spaCy's rules use ASCII [0-9]
-_BEFORE_PERIOD = frozenset("0123456789%²-+|" + _PUNCT + _QUOTES)  # a final "." after these is split off
+_BEFORE_PERIOD = frozenset("0123456789%²-+|") | _PUNCT | _QUOTES  # a final "." after these is split off
 _HYPHENS = ("-", "–", "—", "--", "---", "——", "~")
 
 
@@ -124,8 +124,8 @@ def _special_cases() -> dict[str, tuple[str, ...]]:
     whole = ("'s 'S ‘s ‘S 're 'd 'em 'll 'nuff em ll nuff 'cause 'Cause 'cos 'Cos 'coz 'Coz 'cuz 'Cuz 'bout "
              "ma'am Ma'am o'clock O'clock and/or w/o ' '' C++ \\\") \\n \\t — <space> a.m. p.m. e.g. E.g. E.G. "
              "i.e. I.e. I.E. Adm. Bros. co. Co. Corp. D.C. Dr. Gen. Gov. Inc. Jr. Ltd. Md. Messrs. Mo. Mont. "
-             "Mr. Mrs. Ms. Ph.D. Prof. Rep. Rev. Sen. St. vs. v.s. Mt. Ak. Ala. Apr. Ariz. Ark. Aug. Calif. Colo. Conn. "
-             "Dec. Del. Feb. Fla. Ga. Ia. Id. Ill. Ind. Jan. Jul. Jun. Kan. Kans. Ky. La. Mar. Mass. Mich. "
+             "Mr. Mrs. Ms. Ph.D. Prof. Rep. Rev. Sen. St. vs. v.s. Mt. Ak. Ala. Apr. Ariz. Ark. Aug. Calif. "
+             "Colo. Conn. Dec. Del. Feb. Fla. Ga. Ia. Id. Ill. Ind. Jan. Jul. Jun. Kan. Kans. Ky. La. Mar. Mass. Mich. "
              "Minn. Miss. N.C. N.D. N.H. N.J. N.M. N.Y. Neb. Nebr. Nev. Nov. Oct. Okla. Ore. Pa. S.C. Sep. "
              "Sept. Tenn. Va. Wash. Wis. ä. ö. ü. " + " ".join(c + "." for c in string.ascii_lowercase))
     emoticons = (":) :-) :)) :-)) :))) :-))) (: (-: =) (= :] :-] [: [-: [= =] :o) (o: :} :-} 8) 8-) (-8 ;) "
