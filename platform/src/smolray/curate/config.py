@@ -69,10 +69,25 @@ class Decontaminate(_Strict):
     ngram: int = Field(default=13, gt=0)
 
 
-Step = Annotated[Union[(LangId, *FILTERS, ExactDedup, MinHashDedup, Decontaminate)],
+class QualityClassifier(_Strict):
+    """Score every document with a classifier from jobs/train_classifier.py; keep those at or above the threshold."""
+
+    step: Literal["quality_classifier"]
+    model: str  # the folder jobs/train_classifier.py wrote
+    threshold: float | None = None  # None: the classifier's own (FineWeb-Edu keeps >= 3)
+    column: str = Field(default="quality_score", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # the score, per kept document
+    device: Literal["cpu", "gpu"] = "cpu"
+    batch_size: int = Field(default=64, gt=0)
+    # Scoring actors; each holds the model (and one GPU with device: gpu).
+    concurrency: int = Field(default=1, gt=0)
+
+
+Step = Annotated[Union[(LangId, *FILTERS, ExactDedup, MinHashDedup, Decontaminate, QualityClassifier)],
                  Field(discriminator="step")]
 # Steps that need every document at once; the others decide one document at a time.
 GLOBAL = ("exact_dedup", "minhash_dedup")
+# Steps that run in a pool of their own (actors that hold a model, on GPUs where asked).
+POOLED = ("quality_classifier",)
 
 
 class CurateConfig(_Strict):
@@ -95,6 +110,7 @@ class CurateConfig(_Strict):
     @model_validator(mode="after")
     def _fields(self):
         reserved = {"idx", "text", "id", "language", "language_score", "reason", "detail"}
+        reserved |= {s.column for s in self.steps if s.step == "quality_classifier"}
         clash = reserved & set(self.inputs.keep_fields)
         if clash:
             raise ValueError(f"inputs.keep_fields={self.inputs.keep_fields}: {sorted(clash)} are written by the "

@@ -135,12 +135,15 @@ def _plain(v) -> str | None:
     return None if v is None else v if isinstance(v, str) else json.dumps(v, sort_keys=True)
 
 
-def doc_schema(keep_fields: list[str], langid: bool) -> pa.Schema:
-    """Columns of a kept-document part: fixed, so parts of any size (or none) read together."""
+def doc_schema(keep_fields: list[str], steps) -> pa.Schema:
+    """Columns of a kept-document part after `steps`: fixed, so parts of any size (or none) read together."""
     cols = [("idx", pa.int64()), ("id", pa.string()), ("text", pa.string())]
     cols += [(k, pa.string()) for k in keep_fields]
-    if langid:
-        cols += [("language", pa.string()), ("language_score", pa.float32())]
+    for s in steps:
+        if s.step == "langid":
+            cols += [("language", pa.string()), ("language_score", pa.float32())]
+        if s.step == "quality_classifier":
+            cols += [(s.column, pa.float32())]
     return pa.schema(cols)
 
 

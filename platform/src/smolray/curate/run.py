@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.parquet as pq
 
-from smolray.curate.config import GLOBAL, CurateConfig
+from smolray.curate.config import GLOBAL, POOLED, CurateConfig
 from smolray.curate.parts import (DROPPED, ROW_BITS, CurateError, doc_schema, fresh_dir, read_file, read_json,
                                   table, write_atomic, write_json)
 
@@ -34,7 +34,7 @@ class Phase:
     number: int
     steps: tuple  # step configs; a dedup step alone
     dir: str
-    langid: bool  # documents entering this phase carry a language (a langid step ran before)
+    before: tuple  # the steps of the earlier phases (which columns the documents carry)
 
     @property
     def name(self) -> str:
@@ -43,6 +43,11 @@ class Phase:
     @property
     def is_global(self) -> bool:
         return bool(self.steps) and self.steps[0].step in GLOBAL
+
+    @property
+    def pooled(self):
+        """The step config when this phase runs in an actor pool of its own, else None."""
+        return self.steps[0] if self.steps and self.steps[0].step in POOLED else None
 
 
 def out_dir(cfg: CurateConfig) -> str:
@@ -53,7 +58,7 @@ def plan(cfg: CurateConfig, files: list[str], identities: list[str]) -> list[Pha
     """The read phase, then runs of per-document steps and each dedup step on its own."""
     groups, run = [], []
     for s in cfg.steps:
-        if s.step in GLOBAL:
+        if s.step in GLOBAL or s.step in POOLED:
             groups += [run] if run else []
             groups.append([s])
             run = []
@@ -62,13 +67,13 @@ def plan(cfg: CurateConfig, files: list[str], identities: list[str]) -> list[Pha
     groups += [run] if run else []
     key = hashlib.sha256(json.dumps([identities, cfg.inputs.model_dump()], sort_keys=True).encode())
     work = os.path.join(out_dir(cfg), "work")
-    phases = [Phase(0, (), os.path.join(work, f"00-read-{key.hexdigest()[:10]}"), False)]
-    langid = False
+    phases = [Phase(0, (), os.path.join(work, f"00-read-{key.hexdigest()[:10]}"), ())]
+    before: tuple = ()
     for i, steps in enumerate(groups, 1):
         key.update(json.dumps([s.model_dump() for s in steps], sort_keys=True).encode())
         name = "+".join(s.step for s in steps)
-        phases.append(Phase(i, tuple(steps), os.path.join(work, f"{i:02d}-{name}-{key.hexdigest()[:10]}"), langid))
-        langid = langid or any(s.step == "langid" for s in steps)
+        phases.append(Phase(i, tuple(steps), os.path.join(work, f"{i:02d}-{name}-{key.hexdigest()[:10]}"), before))
+        before += tuple(steps)
     return phases
 
 
@@ -95,7 +100,7 @@ class _Worker:
 
     def __init__(self, cfg: CurateConfig, phase: Phase, prev: Phase | None, files: list[str], shared: list):
         self.cfg, self.phase, self.prev, self.files = cfg, phase, prev, files
-        self.detect = self.index = None
+        self.detect = self.index = self.scorer = None
         for s in phase.steps:
             if s.step == "langid":
                 from smolray.curate.langid import Detector
@@ -105,6 +110,10 @@ class _Worker:
                 import ray
 
                 self.index = ray.get(shared[0])
+            if s.step == "quality_classifier":
+                from smolray.curate.classifier import load_scorer
+
+                self.scorer = load_scorer(s.model, device=s.device)
 
     def __call__(self, batch: dict) -> dict:
         out = []
@@ -122,7 +131,7 @@ class _Worker:
 
     def _read(self, path: str, number: int) -> dict:
         docs, dropped, _ = read_file(path, number, self.cfg.inputs)
-        schema = doc_schema(self.cfg.inputs.keep_fields, False)
+        schema = doc_schema(self.cfg.inputs.keep_fields, ())
         parts: dict[str, tuple[list, list]] = {}
         for row in sorted(docs + dropped, key=lambda r: r["idx"]):
             parts.setdefault(part_name(row["idx"], self.cfg.inputs.rows_per_part), ([], []))[
@@ -148,6 +157,8 @@ class _Worker:
         else:
             for s in self.phase.steps:
                 c = _counter(stats, s.step)
+                if s.step == "quality_classifier":
+                    self._score(s, docs)
                 kept = []
                 for d in docs:
                     before = d["text"]
@@ -159,9 +170,8 @@ class _Worker:
                         dropped.append({"idx": d["idx"], "id": d["id"], "reason": reason, "detail": detail,
                                         "text": before})
                 docs = kept
-        langid = self.phase.langid or any(s.step == "langid" for s in self.phase.steps)
         write_atomic(table(dropped, DROPPED), os.path.join(self.phase.dir, "dropped", name + ".parquet"))
-        write_atomic(table(docs, doc_schema(self.cfg.inputs.keep_fields, langid)),
+        write_atomic(table(docs, doc_schema(self.cfg.inputs.keep_fields, self.phase.before + self.phase.steps)),
                      os.path.join(self.phase.dir, "data", name + ".parquet"))
         result = {"parts": [name], "steps": stats}
         write_json(result, os.path.join(self.phase.dir, "stats", name + ".json"))
@@ -173,6 +183,10 @@ class _Worker:
             doc["language"], doc["language_score"] = lang, score
             reason = self.detect.reason(lang, score)
             return reason, f"{lang} {score:.2f}" if reason else ""
+        if s.step == "quality_classifier":
+            score = doc[s.column]
+            threshold = self.scorer.threshold if s.threshold is None else s.threshold
+            return ("quality_classifier.threshold", f"{score:.3f}") if score < threshold else (None, "")
         if s.step == "decontaminate":
             from smolray.curate.decontam import matches
 
@@ -181,6 +195,12 @@ class _Worker:
         text, reason = s.check(doc["text"])
         doc["text"] = text  # C4's line filter edits the text it keeps
         return reason, ""
+
+    def _score(self, s, docs: list[dict]) -> None:
+        for i in range(0, len(docs), s.batch_size):
+            batch = docs[i:i + s.batch_size]
+            for d, score in zip(batch, self.scorer([d["text"] for d in batch]).tolist()):
+                d[s.column] = round(float(score), 4)
 
     def _dedup(self, name: str, docs: list[dict], stats: dict) -> tuple[list, list]:
         step = self.phase.steps[0].step
@@ -235,8 +255,16 @@ def _pool(cfg: CurateConfig, phase: Phase, prev: Phase | None, files: list[str],
     import ray
 
     items = ray.data.from_items([{"job": json.dumps(j)} for j in jobs], override_num_blocks=len(jobs))
-    results = items.map_batches(_run_jobs, fn_args=(cfg, phase, prev, files, shared), batch_size=1,
-                                num_cpus=cfg.cpus_per_worker)
+    step = phase.pooled
+    if step is None:
+        results = items.map_batches(_run_jobs, fn_args=(cfg, phase, prev, files, shared), batch_size=1,
+                                    num_cpus=cfg.cpus_per_worker)
+    else:
+        # A model per actor, loaded once: on a cluster each scoring actor holds a GPU.
+        gpus = 1 if step.device == "gpu" else 0
+        results = items.map_batches(_Worker, fn_constructor_args=(cfg, phase, prev, files, shared), batch_size=1,
+                                    compute=ray.data.ActorPoolStrategy(size=min(step.concurrency, len(jobs))),
+                                    num_cpus=cfg.cpus_per_worker, num_gpus=gpus)
     errors = []
     for i, row in enumerate(results.iter_rows(), 1):
         r = json.loads(row["stats"])
