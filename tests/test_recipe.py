@@ -35,6 +35,13 @@ def test_every_shipped_recipe_validates(path):
         cfg = load_recipe(path, cls=CurateConfig)
         assert expand(cfg.inputs.raw, "inputs.raw")  # the inputs it names ship with the repo
         return
+    if "kind" in raw:  # jobs/train_classifier.py
+        from smolray.curate.classifier import ClassifierConfig
+        from smolray.data.raw import expand
+
+        cfg = load_recipe(path, cls=ClassifierConfig)
+        assert cfg.settings is not None and expand(cfg.data.raw, "data.raw")  # labelled data ships too
+        return
     objective = raw.get("objective")
     if objective:  # post-training recipes: jobs/sft.py, jobs/dpo.py
         recipe = load_recipe(path, cls={"sft": SFTRecipe, "dpo": DPORecipe}[objective])

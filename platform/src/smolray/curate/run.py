@@ -276,6 +276,14 @@ def _pool(cfg: CurateConfig, phase: Phase, prev: Phase | None, files: list[str],
         raise CurateError("; ".join(sorted(set(errors))))
 
 
+def _with_part(t, rows_per_part: int):
+    """The part each duplicate lives in, as a string column (the folder it is written under)."""
+    import pyarrow as pa
+
+    names = [part_name(i, rows_per_part) for i in t.column("idx").to_pylist()]
+    return t.append_column("part", pa.array(names, pa.string()))
+
+
 def _duplicates(cfg: CurateConfig, phase: Phase, prev: Phase, log) -> None:
     """Write <phase>/duplicates/part=<name>/ (idx, dup_of), then the _DONE marker."""
     import ray
@@ -295,9 +303,7 @@ def _duplicates(cfg: CurateConfig, phase: Phase, prev: Phase, log) -> None:
         dups = exact_duplicates(docs, partitions_for(rows, cpus))
     else:
         dups = minhash_duplicates(docs, s, partitions_for(rows * s.bands, cpus))
-    rpp = cfg.inputs.rows_per_part
-    named = dups.map_batches(lambda b: {**b, "part": np.array([part_name(int(i), rpp) for i in b["idx"]],
-                                                              dtype=object)}, batch_format="numpy")
+    named = dups.map_batches(_with_part, fn_args=(cfg.inputs.rows_per_part,), batch_format="pyarrow")
     tmp = fresh_dir(final + ".tmp")
     named.write_parquet(tmp, partition_cols=["part"])
     shutil.rmtree(final, ignore_errors=True)
