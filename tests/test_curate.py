@@ -333,3 +333,37 @@ def test_bad_recipes_fail_before_any_cluster_work(tmp_path):
     assert res.returncode == 2 and "inputs.raw" in res.stderr
     res = run()
     assert res.returncode == 0 and "phase 3 minhash_dedup: 0 work items already done" in res.stdout
+
+
+def test_quality_classifier_step_scores_and_keeps_at_the_threshold(ray_cluster, tmp_path):
+    """A classifier trained on labelled rows scores a curation run (an actor pool); kept >= threshold."""
+    from smolray.curate.classifier import ClassifierConfig, load_scorer
+    from smolray.curate.classifier_train import train
+    from smolray.curate.config import CurateConfig
+    from smolray.curate.report import finish
+    from smolray.curate.run import plan, run_phases
+    from smolray.data.raw import expand, identities
+    from smolray.recipe.load import recipe_from_dict
+
+    labelled = str(SAMPLE / "labelled" / "edu_scores.jsonl")
+    clf = recipe_from_dict({"name": "edu", "kind": "ngram", "data": {"raw": [labelled]}, "device": "cpu",
+                            "ngram": {"buckets": 2**16}, "output_dir": str(tmp_path / "clf")},
+                           cls=ClassifierConfig)
+    train(clf)
+    cfg = recipe_from_dict({"name": "scored", "inputs": {"raw": [labelled], "rows_per_part": 120},
+                            "steps": [{"step": "quality_classifier", "model": str(tmp_path / "clf" / "edu"),
+                                       "column": "edu_score"}],
+                            "output_dir": str(tmp_path)}, cls=CurateConfig)
+    files = expand(cfg.inputs.raw, "inputs.raw")
+    phases = plan(cfg, files, identities(files))
+    run_phases(cfg, files, phases)
+    m = finish(cfg, phases, identities(files))
+    kept, dropped = _rows(tmp_path / "scored" / "data"), _rows(tmp_path / "scored" / "dropped")
+    assert len(kept) + len(dropped) == 300 and kept and dropped
+    assert all(d["edu_score"] >= 3.0 for d in kept)
+    assert {d["reason"] for d in dropped} == {"quality_classifier.threshold"}
+    assert all(float(d["detail"]) < 3.0 for d in dropped)
+    scorer = load_scorer(str(tmp_path / "clf" / "edu"))
+    got = scorer([d["text"] for d in kept[:20]])
+    assert np.allclose(got, [d["edu_score"] for d in kept[:20]], atol=1e-3)
+    assert m["steps"][-1]["step"] == "quality_classifier" and m["output"]["docs"] == len(kept)
