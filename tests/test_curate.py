@@ -367,3 +367,13 @@ def test_quality_classifier_step_scores_and_keeps_at_the_threshold(ray_cluster, 
     got = scorer([d["text"] for d in kept[:20]])
     assert np.allclose(got, [d["edu_score"] for d in kept[:20]], atol=1e-3)
     assert m["steps"][-1]["step"] == "quality_classifier" and m["output"]["docs"] == len(kept)
+
+
+def test_output_on_an_object_store_is_refused_with_the_fix():
+    from pydantic import ValidationError
+
+    from smolray.curate.config import CurateConfig
+
+    with pytest.raises(ValidationError, match=r"output_dir='s3://b/curate'.*shared file system"):
+        CurateConfig(name="x", inputs={"raw": ["a.jsonl"]}, steps=[{"step": "exact_dedup"}],
+                     output_dir="s3://b/curate")

@@ -97,6 +97,16 @@ class CurateConfig(_Strict):
     output_dir: str = "outputs/curate"
     cpus_per_worker: float = Field(default=1.0, gt=0)
 
+    @field_validator("output_dir")
+    @classmethod
+    def _shared_path(cls, v):
+        # Workers on every node rename parts into place: that needs a file system, not an object store.
+        if "://" in v:
+            raise ValueError(f"output_dir={v!r}: curation writes its parts with renames, which object stores "
+                             "do not have; use a path every node sees (a shared file system such as NFS or "
+                             "a mounted bucket), or a local path on one machine")
+        return v
+
     @field_validator("steps")
     @classmethod
     def _once(cls, steps):
