@@ -377,3 +377,21 @@ def test_output_on_an_object_store_is_refused_with_the_fix():
     with pytest.raises(ValidationError, match=r"output_dir='s3://b/curate'.*shared file system"):
         CurateConfig(name="x", inputs={"raw": ["a.jsonl"]}, steps=[{"step": "exact_dedup"}],
                      output_dir="s3://b/curate")
+
+
+def test_html_pages_become_their_main_text(tmp_path):
+    """inputs.html: navigation, footers and scripts go; the article stays; a page with no text is counted."""
+    from smolray.curate.config import Inputs
+    from smolray.curate.parts import read_file
+
+    article = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+               "must be in want of a wife.")
+    page = (f"<html><head><title>Books</title><script>var t = 1;</script></head><body><nav><a href='/'>Home</a>"
+            f" | <a href='/about'>About</a></nav><main><h1>Chapter 1</h1><p>{article}</p></main>"
+            "<footer>Copyright 2012 | Privacy policy</footer></body></html>")
+    latin = page.replace("Chapter 1", "Chapitre été").encode("latin-1")
+    f = tmp_path / "pages.parquet"
+    pq.write_table(pa.table({"html": [page.encode(), latin, b"<html><body><script>x()</script></body></html>"]}), f)
+    docs, dropped, _ = read_file(str(f), 0, Inputs(raw=[str(f)], text_field="html", html=True))
+    assert [d["text"] for d in docs] == [f"Chapter 1\n\n{article}", f"Chapitre été\n\n{article}"]
+    assert [d["reason"] for d in dropped] == ["read.no_text_in_html"]

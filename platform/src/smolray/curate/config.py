@@ -25,6 +25,10 @@ class Inputs(_Strict):
     id_field: str = "id"
     # Other input columns carried to the output (a missing one is null).
     keep_fields: list[str] = Field(default_factory=list)
+    # The text field holds HTML (a web dump): keep the text of the page's main
+    # content (resiliparse, as DCLM did), dropping navigation, footers, scripts.
+    html: bool = False
+    main_content: bool = True  # False: all visible text of the page
     # Documents per work part: the unit a worker holds in memory and a crash can lose.
     rows_per_part: int = Field(default=2000, gt=0)
 

@@ -111,6 +111,8 @@ def read_file(path: str, number: int, cfg: Inputs) -> tuple[list[dict], list[dic
             reason = rec
         else:
             text = rec.get(cfg.text_field)
+            if isinstance(text, bytes) and cfg.html:
+                text = _html_bytes(text)
             if isinstance(text, bytes):
                 try:
                     text = text.decode("utf-8")
@@ -120,6 +122,10 @@ def read_file(path: str, number: int, cfg: Inputs) -> tuple[list[dict], list[dic
                 reason = "read.no_text"
             elif reason is None and not text.strip():
                 reason = "read.empty"
+            elif reason is None and cfg.html:
+                page, text = text, _extract(text, cfg.main_content)
+                if not text.strip():
+                    reason, text = "read.no_text_in_html", page
         ident = rec.get(cfg.id_field) if isinstance(rec, dict) else None
         row = {"idx": idx, "id": str(ident) if ident is not None else f"{name}:{line + 1}"}
         if reason:
@@ -127,6 +133,20 @@ def read_file(path: str, number: int, cfg: Inputs) -> tuple[list[dict], list[dic
             continue
         docs.append({**row, "text": text, **{k: _plain(rec.get(k)) for k in cfg.keep_fields}})
     return docs, dropped, names
+
+
+def _html_bytes(raw: bytes) -> str:
+    # Pages come in many encodings: detect it from the bytes (and meta tags).
+    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+
+    return bytes_to_str(raw, detect_encoding(raw))
+
+
+def _extract(html: str, main_content: bool) -> str:
+    from resiliparse.extract.html2text import extract_plain_text
+
+    return extract_plain_text(html, main_content=main_content, alt_texts=False, links=False,
+                              form_fields=False, noscript=False)
 
 
 def _plain(v) -> str | None:
