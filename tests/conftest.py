@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny.yaml"
@@ -107,6 +108,18 @@ def corpus(ray_cluster, tokenizer_dir, tmp_path_factory):
                                        for n in ("prose", "code", "math")])
     manifests = tokenize_recipe(recipe)
     return {"tokenizer": tokenizer_dir, "root": root, "manifests": manifests}
+
+
+def one_source_recipe(tokenizer: str, name: str, raw: Path, tmp: Path) -> dict:
+    """The tiny recipe as a dict, training on one source made from `raw` (shards and run under tmp)."""
+    recipe = yaml.safe_load(TINY.read_text())
+    recipe["tokenizer"] = tokenizer
+    recipe["model"]["vocab_size"] = 1024
+    recipe["data"]["sources"] = [{"name": name, "raw": [str(raw)], "shards": str(tmp / name)}]
+    recipe["data"]["weights"] = {name: 1.0}
+    recipe["eval"] = {"every_steps": 0, "at_start": False}
+    recipe["run"] = {"output_dir": str(tmp / "run")}
+    return recipe
 
 
 def recipe_factory(corpus: dict, default_out: Path):

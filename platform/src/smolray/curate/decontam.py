@@ -16,8 +16,23 @@ from smolray.curate.config import Decontaminate
 from smolray.curate.text import ngram_hashes
 
 
+_BUILT: dict[str, tuple] = {}
+
+
 def build_index(cfg: Decontaminate) -> tuple[dict[int, list[str]], dict]:
-    """({n-gram hash: [example ids]}, per-task counts) for the configured task files."""
+    """({n-gram hash: [example ids]}, per-task counts) for the configured task files.
+
+    Built once per process: the job checks the tasks before any cluster
+    work, ships the index to the workers and reports on it at the end.
+    """
+    key = cfg.model_dump_json()
+    if key not in _BUILT:
+        _BUILT[key] = _build(cfg)
+    index, tasks = _BUILT[key]
+    return index, {name: dict(info) for name, info in tasks.items()}
+
+
+def _build(cfg: Decontaminate) -> tuple[dict[int, list[str]], dict]:
     from smolray.eval.multiple_choice import load_task
 
     index: dict[int, list[str]] = defaultdict(list)

@@ -37,11 +37,11 @@ def _pair(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For keys sorted ascending: (start of each row's run, whether the row is not its run's first)."""
+    """For keys sorted ascending: (index where each run starts, length of each run)."""
     first = np.ones(len(keys), dtype=bool)
     first[1:] = keys[1:] != keys[:-1]
     starts = np.flatnonzero(first)
-    return np.repeat(starts, np.diff(np.append(starts, len(keys)))), ~first
+    return starts, np.diff(np.append(starts, len(keys)))
 
 
 # ---- exact ---------------------------------------------------------------------------------------
@@ -83,8 +83,11 @@ def _bucket_edges(g: dict) -> dict:
     """A star per bucket: each member to the bucket's smallest idx."""
     order = np.lexsort((g["idx"], g["bucket"]))
     bucket, idx = g["bucket"][order], g["idx"][order]
-    start, later = _runs(bucket)
-    return {"src": idx[later], "dst": idx[start][later]}
+    starts, lengths = _runs(bucket)
+    later = np.ones(len(idx), dtype=bool)
+    later[starts] = False
+    first = np.repeat(idx[starts], lengths)
+    return {"src": idx[later], "dst": first[later]}
 
 
 def minhash_duplicates(docs, cfg: MinHashDedup, partitions: int):
@@ -160,9 +163,8 @@ def _unique(g: dict) -> tuple[np.ndarray, np.ndarray]:
 def _large_star(g: dict) -> dict:
     """Each node's larger neighbours move to the smallest node it sees (itself included)."""
     u, v = _unique(g)
-    start, _ = _runs(u)
-    starts = np.unique(start)
-    m = np.repeat(np.minimum(np.minimum.reduceat(v, starts), u[starts]), np.diff(np.append(starts, len(u))))
+    starts, lengths = _runs(u)
+    m = np.repeat(np.minimum(np.minimum.reduceat(v, starts), u[starts]), lengths)
     keep = v > u
     return {"src": v[keep], "dst": m[keep]}
 
@@ -170,11 +172,10 @@ def _large_star(g: dict) -> dict:
 def _small_star(g: dict) -> dict:
     """Each node and its smaller neighbours move to the smallest of them."""
     u, v = _unique(g)  # v < u for every edge here
-    start, _ = _runs(u)
-    starts = np.unique(start)
+    starts, lengths = _runs(u)
     m = np.minimum.reduceat(v, starts)
     src = np.concatenate([v, u[starts]])
-    dst = np.concatenate([np.repeat(m, np.diff(np.append(starts, len(u)))), m])
+    dst = np.concatenate([np.repeat(m, lengths), m])
     keep = src != dst
     return {"src": src[keep], "dst": dst[keep]}
 

@@ -43,7 +43,7 @@ def signatures(texts: list[str], cfg: MinHashDedup) -> tuple[np.ndarray, np.ndar
         while end < len(texts) and (end == start or cells + len(grams[end]) * hashes_per_doc <= _CELLS):
             cells += len(grams[end]) * hashes_per_doc
             end += 1
-        chunk = [g for g in grams[start:end]]
+        chunk = grams[start:end]
         lengths = np.array([len(g) for g in chunk])
         flat = np.concatenate(chunk) if chunk else np.empty(0, dtype=np.uint64)
         if len(flat):

@@ -49,7 +49,7 @@ def fresh_dir(path: str) -> str:
     return path
 
 
-def _records(path: str, field: str) -> tuple[list, list[str]]:
+def jsonl_records(path: str) -> tuple[list, list[str]]:
     """(records or drop reasons per line, field names seen) of a JSONL file; reasons are strings."""
     from smolray.data.shards import filesystem
 
@@ -78,7 +78,7 @@ def _records(path: str, field: str) -> tuple[list, list[str]]:
     return out, sorted(names)
 
 
-def _rows(path: str, field: str) -> tuple[list, list[str]]:
+def _rows(path: str) -> tuple[list, list[str]]:
     from smolray.data.shards import filesystem
 
     fs, p = filesystem(path)
@@ -95,7 +95,7 @@ def read_file(path: str, number: int, cfg: Inputs) -> tuple[list[dict], list[dic
     from smolray.data.raw import file_format
 
     try:
-        recs, names = (_rows if file_format(path) == "parquet" else _records)(path, cfg.text_field)
+        recs, names = (_rows if file_format(path) == "parquet" else jsonl_records)(path)
     except (OSError, pa.ArrowException) as e:
         raise CurateError(f"{path}: cannot be read ({type(e).__name__}: {e}); fix the file or remove it "
                           "from inputs.raw") from None
