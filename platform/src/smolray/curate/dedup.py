@@ -125,16 +125,15 @@ def _union_find(src: np.ndarray, dst: np.ndarray) -> dict:
     return _pair(nodes[moved], nodes[parent[moved]])
 
 
-def _local_components(edges) -> "pa.Table":
+def _local_components(*blocks) -> "pa.Table":
+    """Union-find over the edge blocks, which Ray hands to the task as Arrow tables."""
     import pyarrow as pa
 
-    src, dst = [], []
-    for b in edges.iter_batches(batch_format="numpy", batch_size=1 << 20):
-        src.append(b["src"])
-        dst.append(b["dst"])
     empty = np.empty(0, dtype=np.int64)
-    out = _union_find(np.concatenate(src or [empty]), np.concatenate(dst or [empty]))
-    return pa.table(out)
+    blocks = [b for b in blocks if b.num_rows]
+    src = np.concatenate([b["src"].to_numpy() for b in blocks] or [empty]).astype(np.int64)
+    dst = np.concatenate([b["dst"].to_numpy() for b in blocks] or [empty]).astype(np.int64)
+    return pa.table(_union_find(src, dst))
 
 
 # Large-star / small-star alternation (Kiveris et al., "Connected Components
@@ -201,8 +200,10 @@ def components(edges, partitions: int, local_edges: int = LOCAL_EDGES, max_round
     import ray
 
     if edges.count() <= local_edges:
+        # The blocks themselves, not the dataset: iterating a dataset inside a task starts a
+        # second Ray Data execution that waits for CPUs this task holds (minutes on a full node).
         task = ray.remote(num_cpus=1)(_local_components)
-        return ray.data.from_arrow(ray.get(task.remote(edges)))
+        return ray.data.from_arrow(ray.get(task.remote(*edges.to_arrow_refs())))
 
     def shuffle(ds, prepare, step):
         ds = ds.map_batches(prepare, fn_kwargs={"partitions": partitions}, batch_format="numpy")

@@ -14,18 +14,14 @@ its English tokenizer does (`smolray.curate.words`, no spaCy needed).
 from __future__ import annotations
 
 import re
-import string
 from collections import Counter
 from typing import Literal
 
-from smolray.curate.words import TERMINAL, count_sentences, split_words
+from smolray.curate.words import PUNCTUATION, TERMINAL, count_sentences, split_words
 from smolray.recipe.schema import _Strict
 
 # Characters that make a token a "symbol" rather than a word (datatrove's set).
-# ASCII punctuation, some CJK and typographic marks (and, oddly, the fullwidth "１"),
-# control characters and the sentence terminals.
-SYMBOLS = TERMINAL | frozenset(string.punctuation + "—–“”„’´«»…、，。；：？！（）【】「」《》〈〉━∶．～％►１"
-                               + "".join(map(chr, [*range(9), *range(11, 32), *range(127, 160)])))
+SYMBOLS = TERMINAL | frozenset(PUNCTUATION)
 
 
 def _duplicates(items: list[str]) -> tuple[int, int]:

@@ -18,7 +18,6 @@ only equally likely, and signatures can be compared across the two tools
 from __future__ import annotations
 
 import re
-import string
 import unicodedata
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -27,18 +26,15 @@ import numpy as np
 import xxhash
 
 from smolray.curate.text import fold, mix
-from smolray.curate.words import split_words
+from smolray.curate.words import PUNCTUATION, split_words
 
 if TYPE_CHECKING:
     from smolray.curate.config import MinHashDedup
 
-# FineWeb's normalization before shingling: these characters become spaces
-# (ASCII punctuation, common CJK and typographic punctuation, C0/C1 controls
-# but tab and newline), every run of digits (with one decimal part) becomes
-# "0", accents are stripped. Everything else (letters, other symbols) stays.
-_PUNCTUATION = (string.punctuation + "«´»–—’“”„…∶━►、。〈〉《》「」【】！％（），．１：；？～"
-                + "".join(map(chr, [*range(0, 9), *range(11, 32), *range(127, 160)])))
-_GAPS = re.compile("[" + re.escape(_PUNCTUATION) + r"\s]+")
+# FineWeb's normalization before shingling: datatrove's punctuation becomes
+# spaces, every run of digits (with one decimal part) becomes "0", accents are
+# stripped. Everything else (letters, other symbols) stays.
+_GAPS = re.compile("[" + re.escape(PUNCTUATION) + r"\s]+")
 # Python's \d is Unicode's decimal digits (Nd) in every script.
 _NUMBER = re.compile(r"\d+([.,،٫⎖⎗⎘]\d+)?")
 _PRIME = np.uint64((1 << 61) - 1)

@@ -24,6 +24,11 @@ from itertools import chain
 # lacks three of them.
 TERMINAL = frozenset(".!?‼‽⁇⁈⁉⸮⸼。｡．！？﹒﹖﹗؟۔؞।॥։።፧፨၊။។៕܀܁܂߹꓿")
 _SENTENCE_END = TERMINAL - set("؞។៕")
+# datatrove's punctuation: ASCII punctuation, some CJK and typographic marks
+# (and, oddly, the fullwidth "１"), control characters but tab and newline.
+# Its filters count these as symbols; its MinHash turns them into spaces.
+PUNCTUATION = (string.punctuation + "—–“”„’´«»…、，。；：？！（）【】「」《》〈〉━∶．～％►１"
+               + "".join(map(chr, [*range(9), *range(11, 32), *range(127, 160)])))
 # Split off either end of a chunk (and "§ % = — –" the front, "— –" the back).
 _PUNCT = frozenset("…,:;!?¿؟¡()[]{}<>_#*&。？！，、；：～·।،۔؛٪")
 _QUOTES = frozenset("'\"”“`‘´’‚,„»«「」『』（）〔〕【】《》〈〉〈〉⟦⟧")
