@@ -113,25 +113,29 @@ def test_contaminated_documents_are_dropped_and_reported(curated):
     assert sum(len(t["matched"]) for t in report["tasks"].values()) == len(TRUTH["contaminated"])
 
 
-def test_curated_source_tokenizes_and_trains(curated, ray_cluster, tokenizer_dir, tmp_path):
-    """The curated data/ folder is a source's `raw`: tokenized, mixed and trained on (2 steps)."""
-    from smolray.data.plan import build_plan
-    from smolray.data.tokenize import tokenize_recipe
+def test_curated_source_tokenizes_and_trains(curated, head, tokenizer_dir, tmp_path):
+    """The curated data/ folder is a source's `raw`: jobs/tokenize.py and jobs/pretrain.py, submitted
+    as a user would, tokenize it and train on it (2 steps)."""
+    from smolray.data.shards import read_manifest
     from smolray.recipe.load import recipe_from_dict
     from smolray.train.metrics import read_metrics
-    from smolray.train.trainer import build_trainer, log_dir
+    from smolray.train.trainer import log_dir
 
     r = one_source_recipe(tokenizer_dir, "web", curated["out"] / "data", tmp_path)
     r["train"].update(total_tokens=2 * 16 * 256, num_workers=1)
     r["schedule"]["warmup_steps"] = 1
     r["run"]["log_every_steps"] = 1
-    recipe = recipe_from_dict(r)
-    m = tokenize_recipe(recipe)["web"]
+    path = tmp_path / "web.yaml"
+    path.write_text(yaml.safe_dump(r))
+    for job in ("tokenize", "pretrain"):
+        res = head.submit(["python", f"jobs/{job}.py", "--config", str(path)], working_dir=str(ROOT), timeout=600,
+                          capture=True)
+        assert res.returncode == 0, job + res.stdout[-3000:] + res.stderr[-3000:]
+    m = read_manifest(str(tmp_path / "web"))
     assert m.docs + m.skipped_empty + m.skipped_short == len(curated["kept"]) and m.tokens > 0
-    result = build_trainer(recipe, build_plan(recipe)).fit()
-    assert result.metrics["step"] == 2
-    rows = read_metrics(os.path.join(log_dir(recipe), "metrics.jsonl"))
-    assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows)
+    rows = read_metrics(os.path.join(log_dir(recipe_from_dict(r)), "metrics.jsonl"))
+    assert [row["step"] for row in rows] == [1, 2] and all(math.isfinite(row["loss"]) for row in rows)
+    assert rows[-1]["tokens/web"] == rows[-1]["tokens"] > 0  # every token came from the curated source
 
 
 def test_killed_job_resumes_to_the_same_output(curated, ray_cluster, tmp_path):

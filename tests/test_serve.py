@@ -6,6 +6,7 @@ import os
 import secrets
 import signal
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -154,9 +155,14 @@ def test_abusive_requests_get_4xx_before_any_engine_and_the_server_keeps_serving
 
 
 def test_a_burst_beyond_the_queue_gets_429_and_the_rest_are_served(client, endpoint):
+    start = threading.Barrier(12)
+
     def one(i):
+        start.wait()
+        # 300 tokens whatever the model samples: the admitted requests hold their
+        # slots for seconds, longer than the burst takes to arrive on a busy machine.
         r = httpx.post(endpoint + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=300,
-                       json={"model": MODEL, "prompt": f"burst {i}", "max_tokens": 48})
+                       json={"model": MODEL, "prompt": f"burst {i}", "max_tokens": 300, "ignore_eos": True})
         return r.status_code, r.headers.get("retry-after")
 
     # 12 at once against room for 4 (2 running, 2 waiting): the rest are told to come back.
