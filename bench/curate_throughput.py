@@ -14,11 +14,12 @@ Part 2, fuzzy dedup end to end at 1x, 2x, 4x `--base` documents: smolray's
 minhash_duplicates on a local Ray cluster (one logical CPU per core: reads,
 signatures, the band shuffle, components) against datatrove's four MinHash
 stages in one process (its clustering stage is single-process by design).
-Time, documents per second per core, and peak memory: the largest resident
-set of any one Ray worker (sampled every 20 ms) for smolray, the process's
-peak for datatrove. The synthetic corpus is sample pages with 30% of their
-words replaced (unique documents) and, every 10th, a copy of an earlier one
-with 3% replaced (a near-duplicate).
+Time, documents per second per core, and peak memory: the most any one Ray
+worker held (private memory and resident set, sampled every 50 ms) for
+smolray, the process's peak resident set for datatrove. The synthetic
+corpus is sample pages with 30% of their words replaced (unique documents)
+and, every 10th, a copy of an earlier one with 3% replaced (a
+near-duplicate), in parquet parts of 1,000 documents as the job writes them.
 
 Results: a table on stdout and outputs/bench/curate/results.json; the
 figures and this command are in docs/benchmarks.md.
@@ -185,20 +186,23 @@ def write_parquet(docs: list[str], folder: Path, rows_per_file: int = 1000) -> l
 
 
 class WorkerPeak:
-    """The largest resident set of any Ray worker process under this driver, sampled in a thread."""
+    """The most memory any one Ray worker under this driver held, sampled in a thread: its private
+    memory (USS, what the worker itself allocated) and its resident set (RSS, which also counts
+    the shared libraries and object-store pages it maps)."""
 
     def __init__(self):
         import psutil
 
-        self.me, self.peak, self.stop = psutil.Process(), 0, threading.Event()
+        self.me, self.uss, self.rss, self.stop = psutil.Process(), 0, 0, threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
 
     def _poll(self):
-        while not self.stop.wait(0.02):
+        while not self.stop.wait(0.05):
             for p in self.me.children(recursive=True):
                 try:
                     if p.name().startswith("ray::"):
-                        self.peak = max(self.peak, p.memory_info().rss)
+                        m = p.memory_full_info()
+                        self.uss, self.rss = max(self.uss, m.uss), max(self.rss, m.rss)
                 except Exception:  # a worker that just exited
                     pass
 
@@ -212,18 +216,16 @@ class WorkerPeak:
 
 
 def ours_dedup(files: list[str], n: int, cores: int) -> dict:
-    import ray
-
     from smolray.curate.config import MinHashDedup
-    from smolray.curate.dedup import minhash_duplicates, partitions_for
+    from smolray.curate.dedup import minhash_duplicates, partitions_for, read_parts
 
     cfg = MinHashDedup(step="minhash_dedup")
     with WorkerPeak() as peak:
         t0 = time.perf_counter()
-        docs = ray.data.read_parquet(files)
+        docs = read_parts(files)  # as the job reads a phase's parts
         dups = minhash_duplicates(docs, cfg, partitions_for(n * cfg.bands, cores)).count()
         seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "removed": dups, "peak_worker_mb": peak.peak / 2**20}
+    return {"seconds": seconds, "removed": dups, "worker_uss_mb": peak.uss / 2**20, "worker_rss_mb": peak.rss / 2**20}
 
 
 def drain(result) -> None:
@@ -281,12 +283,14 @@ def scaling(base: int, scales: list[int]) -> list[dict]:
         mine = ours_dedup(files, n, cores)
         ref = datatrove_dedup(files, OUT / f"datatrove-{n}")
         row = {"docs": n, "smolray_s": mine["seconds"], "smolray_docs_per_s_per_core": n / mine["seconds"] / cores,
-               "smolray_peak_worker_mb": mine["peak_worker_mb"], "smolray_removed": mine["removed"],
+               "smolray_worker_uss_mb": mine["worker_uss_mb"], "smolray_worker_rss_mb": mine["worker_rss_mb"],
+               "smolray_removed": mine["removed"],
                "datatrove_s": ref["seconds"], "datatrove_docs_per_s_per_core": n / ref["seconds"],
                "datatrove_peak_mb": ref["peak_mb"], "datatrove_removed": ref["removed"]}
         rows.append(row)
         print(f"{n:8,d} docs  smolray {mine['seconds']:6.1f} s ({row['smolray_docs_per_s_per_core']:,.0f}/s/core, "
-              f"worker peak {mine['peak_worker_mb']:,.0f} MB, {mine['removed']} removed)  datatrove "
+              f"worker peak {mine['worker_uss_mb']:,.0f} MB USS / {mine['worker_rss_mb']:,.0f} MB RSS, "
+              f"{mine['removed']} removed)  datatrove "
               f"{ref['seconds']:6.1f} s ({row['datatrove_docs_per_s_per_core']:,.0f}/s/core, "
               f"peak {ref['peak_mb']:,.0f} MB, {ref['removed']} removed)", flush=True)
     ray.shutdown()
@@ -295,7 +299,7 @@ def scaling(base: int, scales: list[int]) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--base", type=int, default=4000, help="documents at 1x in part 2")
+    ap.add_argument("--base", type=int, default=16000, help="documents at 1x in part 2")
     ap.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--skip-steps", action="store_true", help="part 2 only")
     args = ap.parse_args()

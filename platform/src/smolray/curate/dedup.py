@@ -44,6 +44,28 @@ def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, np.diff(np.append(starts, len(keys)))
 
 
+def _read(batch: dict) -> "pa.Table":
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa.concat_tables([pq.read_table(f, columns=["idx", "text"]) for f in batch["file"]])
+
+
+def read_parts(files: list[str]):
+    """The (idx, text) rows of the part files, one part per task, read with pyarrow inside the task.
+
+    Not ray.data.read_parquet: its reader (Ray 2.60) keeps memory in each
+    long-lived read worker in proportion to what it has read (a worker went
+    from 560 MB to 930 MB between 16 and 64 parts of 1,000 pages). Read here,
+    a worker stays at about 160 MB however many parts pass through it
+    (bench/curate_throughput.py measures it).
+    """
+    import ray
+
+    paths = ray.data.from_items([{"file": f} for f in files], override_num_blocks=max(len(files), 1))
+    return paths.map_batches(_read, batch_size=1, batch_format="numpy")
+
+
 # ---- exact ---------------------------------------------------------------------------------------
 
 def _exact_keys(batch: dict, partitions: int) -> dict:

@@ -288,7 +288,7 @@ def _duplicates(cfg: CurateConfig, phase: Phase, prev: Phase, log) -> None:
     """Write <phase>/duplicates/part=<name>/ (idx, dup_of), then the _DONE marker."""
     import ray
 
-    from smolray.curate.dedup import exact_duplicates, minhash_duplicates, partitions_for
+    from smolray.curate.dedup import exact_duplicates, minhash_duplicates, partitions_for, read_parts
 
     final, marker = os.path.join(phase.dir, "duplicates"), os.path.join(phase.dir, "_DONE")
     if os.path.exists(marker):
@@ -298,7 +298,7 @@ def _duplicates(cfg: CurateConfig, phase: Phase, prev: Phase, log) -> None:
     rows = sum(pq.read_metadata(f).num_rows for f in files)
     s = phase.steps[0]
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    docs = ray.data.read_parquet(files, columns=["idx", "text"])
+    docs = read_parts(files)  # one part per task: a worker holds one part's text at a time
     if s.step == "exact_dedup":
         dups = exact_duplicates(docs, partitions_for(rows, cpus))
     else:

@@ -1,13 +1,12 @@
-"""Text normalization and word n-gram hashing shared by dedup and decontamination.
+"""Text keys and hashes for exact dedup and decontamination, and the hash mixers MinHash uses.
 
-Near-duplicate and benchmark matching compare words, not bytes: case,
-accents, punctuation and digits are dropped first (FineWeb's MinHash
-normalization), so a reformatted copy of a page still matches.
+Benchmark matching compares words, not bytes: case, accents, punctuation
+and digits are dropped first, so a reformatted copy of an example still
+matches. (MinHash normalizes as FineWeb did, in curate/minhash.py.)
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
 
@@ -15,7 +14,6 @@ import numpy as np
 import xxhash
 
 _NOT_LETTERS = re.compile(r"[\W\d_]+")
-_SPACES = re.compile(r"\s+")
 # Odd 64-bit constants: one per position in an n-gram, so "a b" and "b a" differ.
 _POSITION = np.array([(0x9E3779B97F4A7C15 ^ (i * 0xD6E8FEB86659FD93)) & (2**64 - 1) | 1 for i in range(64)],
                      dtype=np.uint64)
@@ -30,8 +28,8 @@ def normalize(text: str) -> str:
 
 
 def exact_key(text: str) -> bytes:
-    """Exact-duplicate key: a 128-bit hash of the lower-cased text with whitespace runs collapsed."""
-    return hashlib.blake2b(_SPACES.sub(" ", text.lower()).strip().encode(), digest_size=16).digest()
+    """Exact-duplicate key: a 128-bit hash (XXH3) of the lower-cased text with whitespace runs collapsed."""
+    return xxhash.xxh3_128_digest(" ".join(text.lower().split()).encode())
 
 
 def mix(x: np.ndarray) -> np.ndarray:
