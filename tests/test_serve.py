@@ -154,23 +154,40 @@ def test_abusive_requests_get_4xx_before_any_engine_and_the_server_keeps_serving
     assert client.completions.create(model=MODEL, prompt="still", max_tokens=2).usage.completion_tokens == 2
 
 
-def test_a_burst_beyond_the_queue_gets_429_and_the_rest_are_served(client, endpoint):
-    start = threading.Barrier(12)
+def _burst(endpoint: str, n: int) -> list[tuple[int, str | None]]:
+    start = threading.Barrier(n)
 
     def one(i):
         start.wait()
-        # 300 tokens whatever the model samples: the admitted requests hold their
-        # slots for seconds, longer than the burst takes to arrive on a busy machine.
+        # 480 tokens whatever the model samples: each admitted request holds its slot for about a second.
         r = httpx.post(endpoint + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=300,
-                       json={"model": MODEL, "prompt": f"burst {i}", "max_tokens": 300, "ignore_eos": True})
+                       json={"model": MODEL, "prompt": f"burst {i}", "max_tokens": 480, "ignore_eos": True})
         return r.status_code, r.headers.get("retry-after")
 
-    # 12 at once against room for 4 (2 running, 2 waiting): the rest are told to come back.
-    with ThreadPoolExecutor(12) as pool:
-        results = list(pool.map(one, range(12)))
-    codes = [c for c, _ in results]
-    assert set(codes) <= {200, 429} and codes.count(429) >= 4 and codes.count(200) >= 2, results
-    assert all(after == "1" for c, after in results if c == 429), results
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_a_burst_beyond_the_queue_gets_429_and_the_rest_are_served(client, endpoint):
+    """16 at once against room for 4 (2 running, 2 waiting): the rest are told to come back.
+
+    The burst leaves the client at once but reaches the model through Serve's
+    proxy and the ingress, which on a busy 2-core machine sometimes pass it on
+    in groups of a few, seconds apart (a CI run's log: 12 requests reached the
+    model in four groups over 4 s, and none found the queue full). So up to
+    three waves: every wave answers only 200 or 429, and one of them must
+    refuse at least four.
+    """
+    refused = []
+    for _ in range(3):
+        results = _burst(endpoint, 16)
+        codes = [c for c, _ in results]
+        assert set(codes) <= {200, 429} and codes.count(200) >= 2, results
+        assert all(after == "1" for c, after in results if c == 429), results
+        refused.append(codes.count(429))
+        if refused[-1] >= 4:
+            break
+    assert refused[-1] >= 4, f"429s per wave: {refused}"
     assert client.completions.create(model=MODEL, prompt="after", max_tokens=2).usage.completion_tokens == 2
 
 
