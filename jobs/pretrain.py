@@ -54,11 +54,11 @@ def main() -> None:
     from smolray.cluster import connect
     from smolray.train.export import export_hf, publish
     from smolray.train.summary import build_summary, format_summary, write_summary
-    from smolray.train.trainer import build_trainer, log_dir, output_dir
+    from smolray.train.trainer import build_trainer, fit, log_dir, output_dir
 
     # 2. Train (or resume) on the cluster.
     connect()
-    result = build_trainer(recipe, plan, args.stop_at_step, args.sample_log).fit()
+    result = fit(build_trainer(recipe, plan, args.stop_at_step, args.sample_log), recipe)
     step = result.metrics["step"]
     if step < recipe.total_steps:
         print(f"stopped at step {step} of {recipe.total_steps}; checkpoint {result.checkpoint.path}. "

@@ -1,4 +1,5 @@
-"""Kill a training run at a random point; the rerun trains exactly the plan.
+"""Killed training workers: Ray Train restarts them inside the same run, or
+the job ends with one message and the same command continues it exactly.
 
 The expected log needs no second training run: which sequence a step trains
 on is a pure function of the plan, so it is computed from DataPlan directly.
@@ -10,24 +11,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from smolray.data.plan import build_plan
 from smolray.train.metrics import read_metrics, read_rows
-from smolray.train.trainer import build_trainer, log_dir
+from smolray.train.trainer import build_trainer, fit, log_dir
 
 from conftest import ROOT, TINY, recipe_overrides, registered_step
 from test_train import SHORT, sample_log
-
-DRIVER = """
-import sys, ray
-ray.init(address=sys.argv[1])
-from smolray.data.plan import build_plan
-from smolray.recipe import load_recipe
-from smolray.train.trainer import build_trainer
-recipe = load_recipe(sys.argv[2], sys.argv[4:])
-build_trainer(recipe, build_plan(recipe), sample_log=sys.argv[3]).fit()
-"""
 
 
 def planned_log(plan, total_steps: int) -> list[str]:
@@ -44,39 +36,80 @@ def planned_log(plan, total_steps: int) -> list[str]:
     return lines
 
 
-def test_killed_run_resumes_with_exactly_the_planned_samples(ray_cluster, corpus, tmp_path):
+def train_worker_pids() -> list[int]:
+    """Processes of Ray Train workers (their title is ray::RayTrainWorker...)."""
+    out = subprocess.run(["pgrep", "-f", "^ray::RayTrainWorker"], capture_output=True, text=True).stdout
+    return sorted(int(p) for p in out.split())
+
+
+def kill_a_worker_after(run_dir, step: int, timeout: float = 240) -> dict:
+    """Once `step` is registered, SIGKILL one training worker; returns what happened."""
+    seen = {}
+    deadline = time.time() + timeout
+    while registered_step(run_dir) < step and time.time() < deadline:
+        time.sleep(0.1)
+    pids = train_worker_pids()
+    seen["registered"], seen["pids"] = registered_step(run_dir), pids
+    if pids:
+        os.kill(pids[-1], signal.SIGKILL)
+    return seen
+
+
+def test_a_killed_worker_is_restarted_inside_the_same_run(corpus, tmp_path):
     from smolray.recipe import load_recipe
 
     out = tmp_path / "run"
-    sets = recipe_overrides(corpus["tokenizer"], corpus["root"], out) + [*SHORT, "checkpoint.every_steps=3"]
+    recipe = load_recipe(TINY, recipe_overrides(corpus["tokenizer"], corpus["root"], out)
+                         + [*SHORT, "checkpoint.every_steps=3", "train.max_failures=1"])
+    seen = {}
+    killer = threading.Thread(target=lambda: seen.update(kill_a_worker_after(out / "ray" / recipe.name, 3)))
+    killer.start()
+    result = fit(build_trainer(recipe, build_plan(recipe), sample_log=str(tmp_path / "samples")), recipe)
+    killer.join()
+    assert len(seen["pids"]) == 2 and seen["registered"] >= 3, seen
+    # One fit(): the job finished by itself, every step trained exactly the plan.
+    assert result.metrics["step"] == 12
+    assert sample_log(tmp_path / "samples") == planned_log(build_plan(recipe), 12)
+    began = sorted({r["resumed_from"] for r in read_rows(os.path.join(log_dir(recipe), "metrics.jsonl"))})
+    assert began[0] == 0 and len(began) == 2 and began[1] % 3 == 0 and began[1] >= 3, began
+
+
+def test_failures_beyond_the_limit_end_in_one_message_and_the_rerun_is_exact(ray_cluster, corpus, tmp_path):
+    from smolray.recipe import load_recipe
+
+    out = tmp_path / "run"
+    sets = recipe_overrides(corpus["tokenizer"], corpus["root"], out) + [*SHORT, "checkpoint.every_steps=3",
+                                                                        "train.max_failures=0"]
     recipe = load_recipe(TINY, sets)
     samples = tmp_path / "samples"
-    address = ray_cluster.get_runtime_context().gcs_address
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, address, str(TINY), str(samples), *sets],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run_dir = out / "ray" / recipe.name
-    deadline = time.time() + 240
-    while registered_step(run_dir) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGKILL)  # the driver dies; Ray tears down its workers
-    proc.wait()
-    registered = registered_step(run_dir)
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    args = ["jobs/pretrain.py", "--config", str(TINY), "--sample-log", str(samples)]
+    for s in sets:
+        args += ["--set", s]
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen = kill_a_worker_after(out / "ray" / recipe.name, 3)
+    _, err = proc.communicate(timeout=240)
+    assert len(seen["pids"]) == 2, seen
     killed_at = max(r["step"] for r in read_metrics(os.path.join(log_dir(recipe), "metrics.jsonl")))
-    assert 3 <= registered and killed_at < 12, "the kill must land mid-run"
+    assert killed_at < 12, "the kill must land mid-run"
 
-    result = build_trainer(recipe, build_plan(recipe), sample_log=str(samples)).fit()
+    # The job ends by itself, with one message: the cause, the checkpoint, the command.
+    assert proc.returncode == 1, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err[-3000:]
+    message = errors[0]
+    registered = registered_step(out / "ray" / recipe.name)
+    assert message.startswith("error: training failed (no restart allowed, train.max_failures=0): "
+                              "worker rank(s) [1] died (the process was killed"), message
+    assert f"step-{registered:08d} (step {registered})" in message
+    assert f"Run the same command again to continue: python jobs/pretrain.py --config {TINY}" in message
+
+    # That command trains exactly the plan from the registered checkpoint on.
+    result = fit(build_trainer(recipe, build_plan(recipe), sample_log=str(samples)), recipe)
     assert result.metrics["step"] == 12
     assert sample_log(samples) == planned_log(build_plan(recipe), 12)
-    # The rerun began at a checkpoint the killed run registered (every 3 steps,
-    # at or before the kill), not at step 0, and logged each later step once.
-    raw = read_rows(os.path.join(log_dir(recipe), "metrics.jsonl"))
-    rerun = [r for r in raw if r["resumed_from"] > 0]
-    began = {r["resumed_from"] for r in rerun}
-    assert len(began) == 1, began
-    start = began.pop()
-    # At least the checkpoint registered before the kill (a later one may have
-    # been registered while the workers were torn down).
-    assert start % 3 == 0 and registered <= start <= killed_at
+    rerun = [r for r in read_rows(os.path.join(log_dir(recipe), "metrics.jsonl")) if r["resumed_from"] > 0]
+    assert {r["resumed_from"] for r in rerun} == {registered}
     logs = [s for s in range(1, 13) if s % 2 == 0 or s % 3 == 0]  # log and checkpoint steps
-    assert [r["step"] for r in rerun] == [s for s in logs if s > start]
-
+    assert [r["step"] for r in rerun] == [s for s in logs if s > registered]

@@ -16,9 +16,10 @@ from smolray.posttrain.chat import TemplateError
 from smolray.posttrain.prepare import PreparedDataError
 from smolray.recipe import Recipe, RecipeError, load_recipe
 from smolray.redact import redact
+from smolray.train.recovery import CheckpointError, TrainingFailed
 
 USER_ERRORS = (RecipeError, DataPlanError, ShardError, RawDataError, FileNotFoundError,
-               PreparedDataError, TemplateError, TaskError, CurateError)
+               PreparedDataError, TemplateError, TaskError, CurateError, CheckpointError)
 
 
 def recipe_parser(description: str, example: str = "recipes/tiny.yaml",
@@ -42,3 +43,6 @@ def run(main: Callable[[], None]) -> None:
     except USER_ERRORS as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(2)
+    except TrainingFailed as e:  # the run itself failed: not a usage error
+        print(f"error: {redact(str(e))}", file=sys.stderr)
+        sys.exit(1)

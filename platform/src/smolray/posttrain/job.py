@@ -203,11 +203,15 @@ def run_job(cls: type[PostRecipe], args) -> None:
 
     # 3. Train (or resume) on the pretraining engine.
     from smolray.posttrain.loop import PostLoopConfig, post_loop, schedule
-    from smolray.train.trainer import torch_trainer
+    from smolray.train.recovery import changed_data, latest_registered, read_state
+    from smolray.train.trainer import fit, torch_trainer
 
     cfg = PostLoopConfig(recipe=recipe, data_dir=prepared_dir(recipe, out), fingerprint=meta["fingerprint"],
                          init_dir=init, log_dir=log_dir(recipe), stop_at_step=args.stop_at_step)
-    result = torch_trainer(post_loop, cfg, recipe).fit()
+    last = latest_registered(out, recipe.name)  # refused here, not retried by every restart
+    if last and (saved := read_state(last.path)["stage_fingerprints"]) != [meta["fingerprint"]]:
+        raise changed_data(last.path, saved, meta["fingerprint"])
+    result = fit(torch_trainer(post_loop, cfg, recipe), recipe)
     seconds["train"] = time.perf_counter() - t0 - sum(seconds.values())
     total, step = schedule(recipe, stats.rows).total, result.metrics["step"]
     if step < total:

@@ -22,8 +22,9 @@ from smolray.model.loss import DESCRIPTIONS, choose, use_loss_head
 from smolray.posttrain.objective import Rows, dpo_step, sft_loss
 from smolray.posttrain.reference import load_causal_lm
 from smolray.recipe.post import DPORecipe, PostRecipe
-from smolray.train.checkpoint import CheckpointError, TrainerState, load_engine, save_checkpoint, verify
+from smolray.train.checkpoint import TrainerState, load_engine, save_checkpoint, verify
 from smolray.train.engine import build_engine
+from smolray.train.recovery import changed_data
 from smolray.train.schedule import WSD
 
 
@@ -135,11 +136,7 @@ def _resume_state(ckpt, cfg: PostLoopConfig) -> TrainerState:
     with ckpt.as_directory() as d:
         state = verify(d)
         if state.stage_fingerprints != [cfg.fingerprint]:
-            raise CheckpointError(
-                f"{d}: the prepared data changed since this checkpoint (fingerprint "
-                f"{state.stage_fingerprints} now {cfg.fingerprint}): the dataset, tokenizer, "
-                "template or seq_len differ. Resuming would silently change what the model "
-                "trains on; restore the data or start a new run (a new recipe name).")
+            raise changed_data(d, state.stage_fingerprints, cfg.fingerprint)
     return state
 
 

@@ -234,6 +234,12 @@ class EngineConfig(_Strict):
     num_workers: int = Field(default=1, gt=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
+    # Worker-group failures (a crashed or killed worker, a lost node) that Ray
+    # Train recovers from inside the same job: the workers restart from the
+    # latest registered checkpoint. -1: no limit. A bug that recurs still ends
+    # the run after this many restarts; node drains (preemptions) are not
+    # counted against it.
+    max_failures: int = Field(default=5, ge=-1)
     # The next-token loss (smolray.model.loss). auto: torch's chunked linear
     # cross-entropy where torch has it, else Liger's kernel on CUDA if
     # installed, else plain (full logits). The run's log names the choice.

@@ -23,14 +23,11 @@ import ray.train
 import torch
 
 from smolray.redact import redact
+from smolray.train.recovery import CheckpointError  # noqa: F401  (defined light, raised here)
 
 TAG = "ds"
 STATE = "trainer_state.json"
 RECIPE = "recipe.json"
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 # Besides tensors and plain containers, these are the only objects a

@@ -19,9 +19,10 @@ from smolray.model import attention, build_model, set_rope_theta
 from smolray.model.loss import DESCRIPTIONS, choose, lm_loss, use_loss_head
 from smolray.recipe import Recipe
 from smolray.recipe.timeline import Stage
-from smolray.train.checkpoint import CheckpointError, TrainerState, load_engine, save_checkpoint, verify
+from smolray.train.checkpoint import TrainerState, load_engine, save_checkpoint, verify
 from smolray.train.engine import build_engine
 from smolray.train.flops import device_name, flops_per_token, peak_tflops, utilization
+from smolray.train.recovery import changed_stages
 from smolray.train.schedule import from_recipe
 from smolray.train.validate import validate
 
@@ -218,13 +219,7 @@ def _resume_state(ckpt, cfg: LoopConfig, world: int) -> TrainerState:
         state = verify(d)
         want = cfg.plan.fingerprints(state.step)
         if state.stage_fingerprints != want:
-            changed = [a.split(":")[0] for a, b in zip(state.stage_fingerprints, want) if a != b]
-            raise CheckpointError(
-                f"{d}: the recipe changed stages the checkpoint has already trained "
-                f"({', '.join(changed) or 'the stage list'}): their sources, weights, seq_len, "
-                "start, batch, seed or shards differ. Resuming would silently change what the "
-                "model has seen. Edit only stages that start after step "
-                f"{state.step}, or start a new run (a new recipe name) from this checkpoint.")
+            raise changed_stages(d, state.step, state.stage_fingerprints, want)
     return state
 
 

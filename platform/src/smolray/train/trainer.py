@@ -2,7 +2,9 @@
 
 Ray Train keeps a snapshot of registered checkpoints under
 <output_dir>/ray/<recipe name>; running the same command again finds it and
-every worker resumes from the latest complete checkpoint.
+every worker resumes from the latest complete checkpoint. Inside one run,
+Ray Train restarts failed workers the same way, up to train.max_failures
+times (smolray.train.recovery).
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ import hashlib
 import os
 import tempfile
 
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (CheckpointConfig, FailureConfig, Result, RunConfig, ScalingConfig,
+                       TrainingFailedError)
 from ray.train.torch import TorchTrainer
 
 from smolray.data.plan import DataPlan
 from smolray.recipe import Recipe
 from smolray.tokenizer import load_tokenizer
 from smolray.train.loop import LoopConfig, train_loop
+from smolray.train.recovery import (TrainingFailed, changed_stages, failure_message, latest_registered,
+                                    read_state)
 from smolray.train.validate import load_heldout
 
 
@@ -59,17 +64,42 @@ def private_temp_dir() -> str:
 
 
 def build_trainer(recipe: Recipe, plan: DataPlan, stop_at_step: int | None = None,
-                  sample_log: str | None = None, max_failures: int = 0,
-                  callbacks: list | None = None) -> TorchTrainer:
+                  sample_log: str | None = None, callbacks: list | None = None) -> TorchTrainer:
+    check_resume(recipe, plan)
     tok = load_tokenizer(recipe.tokenizer)
     heldout = load_heldout(recipe, tok) if recipe.eval.every_steps else {}
     cfg = LoopConfig(recipe=recipe, plan=plan, log_dir=log_dir(recipe), bos_id=tok.bos_token_id,
                      eos_id=tok.eos_token_id, stop_at_step=stop_at_step, sample_log=sample_log,
                      heldout=heldout)
-    return torch_trainer(train_loop, cfg, recipe, max_failures, callbacks)
+    return torch_trainer(train_loop, cfg, recipe, callbacks)
 
 
-def torch_trainer(loop, cfg, recipe, max_failures: int = 0, callbacks: list | None = None) -> TorchTrainer:
+def check_resume(recipe: Recipe, plan: DataPlan) -> None:
+    """Refuse, before any worker starts, a resume whose stages changed.
+
+    The workers check again when they load; but there the error would be
+    retried train.max_failures times, each a full restart that fails alike.
+    """
+    last = latest_registered(output_dir(recipe), recipe.name)
+    source = last.path if last else recipe.run.init_from
+    if not source:
+        return
+    state = read_state(source)
+    want = plan.fingerprints(state["step"])
+    if state["stage_fingerprints"] != want:
+        raise changed_stages(source, state["step"], state["stage_fingerprints"], want)
+
+
+def fit(trainer: TorchTrainer, recipe) -> Result:
+    """trainer.fit(), ending in one TrainingFailed message once worker failures run out."""
+    try:
+        return trainer.fit()
+    except TrainingFailedError as e:
+        last = latest_registered(output_dir(recipe), recipe.name)
+        raise TrainingFailed(failure_message(e, recipe.train.max_failures, last)) from None
+
+
+def torch_trainer(loop, cfg, recipe, callbacks: list | None = None) -> TorchTrainer:
     """The TorchTrainer every objective runs on: `loop(cfg)` on each worker.
 
     `recipe` is any smolray recipe (pretraining or post-training): its name,
@@ -88,7 +118,7 @@ def torch_trainer(loop, cfg, recipe, max_failures: int = 0, callbacks: list | No
             name=recipe.name,
             storage_path=os.path.join(output_dir(recipe), "ray"),
             checkpoint_config=CheckpointConfig(num_to_keep=recipe.checkpoint.keep),
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=t.max_failures),
             worker_runtime_env={"env_vars": env},
             callbacks=callbacks or [],
         ),
