@@ -96,6 +96,23 @@ def test_cluster_yaml_matches_rays_schema():
         validate_config(config)
 
 
+def test_cluster_recipes_request_the_node_roles_cluster_yaml_declares():
+    from smolray.recipe import load_recipe
+    from smolray.recipe.post import DPORecipe, SFTRecipe
+
+    types = yaml.safe_load((ROOT / "cluster.yaml").read_text())["available_node_types"]
+    declared = {name: set(t.get("resources", {})) for name, t in types.items()}
+    assert "train_node" in declared["gpu_train"] and "data_node" in declared["cpu_data"]
+    assert "serve_node" in declared["gpu_serve"]
+    for name in ("smollm2-135m", "smollm2-360m", "smollm2-1.7b"):
+        r = load_recipe(ROOT / "recipes" / f"{name}.yaml")
+        assert (r.train.node_role, r.data.node_role) == ("train_node", "data_node"), name
+    for name, cls in (("smollm2-sft", SFTRecipe), ("smollm2-dpo", DPORecipe)):
+        assert load_recipe(ROOT / "recipes" / f"{name}.yaml", cls=cls).train.node_role == "train_node"
+    # One-machine recipes pin nothing: they must run on a plain local Ray.
+    assert load_recipe(ROOT / "recipes" / "tiny.yaml").train.node_role is None
+
+
 def test_cluster_nodes_install_the_extra_their_hardware_needs(tmp_path):
     """GPU nodes: the `gpu` extra only (CUDA torch, GPU vLLM); CPU nodes: `cpu` only. Never both."""
     config = yaml.safe_load((ROOT / "cluster.yaml").read_text())

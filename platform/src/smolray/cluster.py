@@ -57,6 +57,28 @@ def private_env(directory: str) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": private_token(directory)}
 
 
+# A node role is a custom resource every node of that kind declares, one
+# unit each (cluster.yaml: train_node, data_node, serve_node). Work asks for
+# a thousandth of it: the role picks the node, CPUs and GPUs still decide
+# how many fit there.
+ROLE_SHARE = 0.001
+
+
+def role_resources(role: str | None) -> dict[str, float]:
+    """The custom resources to request for work pinned to a node role (none when off)."""
+    return {role: ROLE_SHARE} if role else {}
+
+
+def check_role(role: str | None, field: str) -> None:
+    """Warn, on the driver, when no live node has the role yet: the work would wait."""
+    if not role or not ray.is_initialized():
+        return
+    if ray.cluster_resources().get(role, 0) <= 0:
+        print(f"{field}={role}: no node of this cluster declares the resource {role!r} yet, so this "
+              "work waits until the autoscaler adds one (cluster.yaml's node types declare it). On "
+              f"a single machine, set {field}=null.", file=sys.stderr, flush=True)
+
+
 def connect(min_cpus: int = 8) -> None:
     """Join the cluster of `ray job submit` (or RAY_ADDRESS); else start a local one.
 

@@ -19,7 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import ray
+
+from smolray.cluster import role_resources
 
 from smolray.data.plan import DataPlan
 
@@ -86,16 +89,28 @@ def document_positions(ids: np.ndarray, eos: int) -> np.ndarray:
 
 
 def build_dataset(plan: DataPlan, part: RankSlice, position_ids: bool = False,
-                  rows_per_task: int = 64) -> ray.data.Dataset:
+                  rows_per_task: int = 64, node_role: str | None = None) -> ray.data.Dataset:
+    """The rows of one rank's slice, in order, read and packed by Ray Data tasks.
+
+    The row numbers start as in-memory blocks (no task), so every task of
+    the stream is a read, and all of them run on `node_role` nodes if set.
+    """
     blocks = max(1, -(-part.rows // rows_per_task))
-    ds = ray.data.range(part.rows, override_num_blocks=blocks).map_batches(
+    ids = np.arange(part.rows, dtype=np.int64)
+    ds = ray.data.from_arrow([pa.table({"id": c}) for c in np.array_split(ids, blocks)]).map_batches(
         _assemble,
         batch_size=rows_per_task,
         batch_format="numpy",
         fn_kwargs={"plan": plan, "part": part, "position_ids": position_ids},
+        **_role_args(node_role),
     )
     # Order is the contract: step t's rows must arrive in step t.
     ds.context.execution_options.preserve_order = True
     # One progress bar per worker per operator floods the job log.
     ds.context.enable_progress_bars = False
     return ds
+
+
+def _role_args(role: str | None) -> dict:
+    """Ray remote args pinning a Ray Data task to a node role (none when off)."""
+    return {"resources": role_resources(role)} if role else {}

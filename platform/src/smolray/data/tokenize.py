@@ -17,6 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
+from smolray.cluster import check_role, role_resources
 from smolray.data.raw import expand, file_format, identities
 from smolray.data.shards import (HELDOUT, MANIFEST, Manifest, ShardError, filesystem, join,
                                  read_manifest, token_dtype, write_manifest, write_shard)
@@ -54,7 +55,7 @@ def _encode(batch: dict[str, np.ndarray], tokenizer: str, text_field: str,
 
 
 def tokenize_source(src: SourceConfig, tokenizer: str, vocab_size: int,
-                    shard_tokens: int, force: bool = False) -> Manifest:
+                    shard_tokens: int, force: bool = False, node_role: str | None = None) -> Manifest:
     """Tokenize one source into its shards directory; skip if already up to date."""
     files = expand(src.raw, f"data.sources.{src.name}.raw")
     inputs, fp = identities(files), fingerprint(tokenizer)
@@ -83,15 +84,19 @@ def tokenize_source(src: SourceConfig, tokenizer: str, vocab_size: int,
         # schemes such as hf://) as every other smolray read.
         read_fs = filesystem(group[0])[0]
         paths = [filesystem(f)[1] for f in group]
+        # Reads and encoding run on the data nodes (data.node_role), if set.
+        role = {"resources": role_resources(node_role)} if node_role else {}
         if fmt == "parquet":
-            parts.append(ray.data.read_parquet(paths, filesystem=read_fs, columns=[src.text_field]))
+            parts.append(ray.data.read_parquet(paths, filesystem=read_fs, columns=[src.text_field],
+                                               ray_remote_args=role))
         else:
-            parts.append(ray.data.read_json(paths, filesystem=read_fs).select_columns([src.text_field]))
+            parts.append(ray.data.read_json(paths, filesystem=read_fs, ray_remote_args=role)
+                         .select_columns([src.text_field], **role))
     ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
     ds.context.execution_options.preserve_order = True
     ds = ds.map_batches(_encode, batch_size=256, batch_format="numpy",
                         fn_kwargs={"tokenizer": str(tokenizer), "text_field": src.text_field,
-                                   "heldout_fraction": src.heldout_fraction})
+                                   "heldout_fraction": src.heldout_fraction}, **role)
 
     dtype = token_dtype(vocab_size)
     shards, pending, pending_tokens, skipped, short, held = [], [], 0, 0, 0, []
@@ -150,6 +155,7 @@ def tokenize_recipe(recipe: Recipe, force: bool = False) -> dict[str, Manifest]:
     missing = [s.name for s in recipe.data.sources if not s.raw]
     if missing:
         raise ValueError(f"data.sources.{missing[0]}.raw is empty; list the raw files to tokenize")
+    check_role(recipe.data.node_role, "data.node_role")
     return {s.name: tokenize_source(s, recipe.tokenizer, recipe.model.vocab_size,
-                                    recipe.data.shard_tokens, force)
+                                    recipe.data.shard_tokens, force, recipe.data.node_role)
             for s in recipe.data.sources}

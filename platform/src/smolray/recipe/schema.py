@@ -16,6 +16,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+# A Ray custom resource name, as cluster.yaml declares them.
+_ROLE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
 class _Strict(BaseModel):
     # Unknown keys are typos until proven otherwise.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -144,6 +148,10 @@ class DataConfig(_Strict):
     reset_position_ids: bool = False
     # Tokenized shards are split into this many tokens per file.
     shard_tokens: int = Field(default=1 << 24, gt=0)
+    # The node role (a custom resource, cluster.yaml's data_node) that
+    # tokenizing and the training stream's read tasks run on, so the trainer
+    # nodes' cores stay with the trainers. null: any node (one machine).
+    node_role: str | None = Field(default=None, pattern=_ROLE)
 
     @field_validator("sources")
     @classmethod
@@ -240,6 +248,9 @@ class EngineConfig(_Strict):
     # the run after this many restarts; node drains (preemptions) are not
     # counted against it.
     max_failures: int = Field(default=5, ge=-1)
+    # The node role (a custom resource, cluster.yaml's train_node) every
+    # training worker requests. null: any node with the CPUs/GPUs (one machine).
+    node_role: str | None = Field(default=None, pattern=_ROLE)
     # The next-token loss (smolray.model.loss). auto: torch's chunked linear
     # cross-entropy where torch has it, else Liger's kernel on CUDA if
     # installed, else plain (full logits). The run's log names the choice.

@@ -84,6 +84,10 @@ class ServeConfig(_Strict):
     # The ingress only parses JSON and routes; a whole core for it would keep
     # a 2-core machine from fitting an engine beside it.
     ingress_cpus: float = Field(default=0.25, ge=0)
+    # The node role (a custom resource, cluster.yaml's serve_node) every
+    # engine books, so a replica never takes a GPU of a training node.
+    # null: any node (one machine).
+    node_role: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     @field_validator("models")
     @classmethod
@@ -118,6 +122,17 @@ def resolve_source(source: str, field: str) -> str:
                      "export a model first (make demo writes outputs/demo/run/export)")
 
 
+def engine_bundles(device: str, cpus: int, node_role: str | None, devices: int = 1) -> dict[str, Any] | None:
+    """The placement group an engine books: its cores on CPU, a GPU per device on GPU,
+    each on a node of `node_role` if set. None: Ray's default (a GPU per device, anywhere)."""
+    from smolray.cluster import role_resources
+
+    role = role_resources(node_role)
+    if device == "cpu":
+        return {"bundles": [{"CPU": cpus, **role}]}
+    return {"bundles": [{"GPU": 1, **role} for _ in range(devices)]} if role else None
+
+
 def engine_kwargs(device: str, dtype: str, max_model_len: int | None, kv_cache_mb: int) -> dict[str, Any]:
     """vLLM engine arguments for a device: the endpoint, the synth job and the benchmarks use these."""
     cpu = device == "cpu"
@@ -148,9 +163,12 @@ def llm_config(cfg: ServeConfig, m: ModelSpec, field: str):
         "backpressure_config": {"status_code": 429, "retry_after_s": 1},
     }
     kwargs: dict[str, Any] = {}
+    devices = int(engine.get("tensor_parallel_size", 1)) * int(engine.get("pipeline_parallel_size", 1))
+    bundles = engine_bundles(cfg.device, cfg.cpus_per_replica, cfg.node_role, devices)
+    if bundles:
+        kwargs["placement_group_config"] = bundles
     if cpu:
         kwargs["accelerator_config"] = {"kind": "cpu"}
-        kwargs["placement_group_config"] = {"bundles": [{"CPU": cfg.cpus_per_replica}]}
         # The replica actor only relays to its engine process, which runs on
         # the bundle's cores; booking a core for each would double the cost.
         deployment["ray_actor_options"] = {"num_cpus": 0}

@@ -30,6 +30,9 @@ class EngineSettings(_Strict):
     concurrency: int = Field(default=1, gt=0)  # engine replicas (data parallel)
     max_concurrent_batches: int = Field(default=8, gt=0)  # batches in flight per engine
     chat: bool = True  # apply the model's chat template (instruction models)
+    # The node role (a custom resource, e.g. cluster.yaml's serve_node) each
+    # engine books. null: any node (one machine).
+    node_role: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class Sampling(_Strict):

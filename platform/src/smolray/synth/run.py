@@ -105,12 +105,13 @@ def processor(cfg: SynthConfig):
     """The ray.data.llm pipeline: chat template, tokenize, vLLM engine, detokenize."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    from smolray.serve.config import engine_kwargs
+    from smolray.serve.config import engine_bundles, engine_kwargs
 
     m, s = cfg.model, cfg.sampling
     engine = engine_kwargs(m.device, m.dtype, m.max_model_len, m.kv_cache_mb)
     # On CPU the engine stage books one core instead of Ray Data's default GPU.
-    extra = {"placement_group_config": {"bundles": [{"CPU": 1}]}} if m.device == "cpu" else {}
+    bundles = engine_bundles(m.device, 1, m.node_role)
+    extra = {"placement_group_config": bundles} if bundles else {}
     config = vLLMEngineProcessorConfig(
         model_source=m.source, engine_kwargs=engine, batch_size=m.batch_size, concurrency=m.concurrency,
         max_concurrent_batches=m.max_concurrent_batches,

@@ -199,7 +199,7 @@ def _stage_parts(plan: DataPlan, rank: int, world: int, start: int, stop: int) -
 
 
 def _open(plan: DataPlan, part: RankSlice, r: Recipe, device):
-    ds = build_dataset(plan, part, position_ids=r.data.reset_position_ids)
+    ds = build_dataset(plan, part, position_ids=r.data.reset_position_ids, node_role=r.data.node_role)
     st = plan.stages[part.stage].stage
     # Batches land on the host: Ray's default ("auto") is the worker's GPU,
     # which would put the metadata there too. Pinned memory lets the model's

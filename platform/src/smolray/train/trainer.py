@@ -17,6 +17,7 @@ from ray.train import (CheckpointConfig, FailureConfig, Result, RunConfig, Scali
                        TrainingFailedError)
 from ray.train.torch import TorchTrainer
 
+from smolray.cluster import check_role, role_resources
 from smolray.data.plan import DataPlan
 from smolray.recipe import Recipe
 from smolray.tokenizer import load_tokenizer
@@ -106,6 +107,7 @@ def torch_trainer(loop, cfg, recipe, callbacks: list | None = None) -> TorchTrai
     train, checkpoint and run sections shape the run.
     """
     t = recipe.train
+    check_role(t.node_role, "train.node_role")
     env = {"DS_ACCELERATOR": "cuda" if t.use_gpu else "cpu",
            # Each worker gets its share of cores; more threads only contend.
            "OMP_NUM_THREADS": str(max(1, int(t.cpus_per_worker)))}
@@ -113,7 +115,8 @@ def torch_trainer(loop, cfg, recipe, callbacks: list | None = None) -> TorchTrai
         loop,
         train_loop_config=cfg,
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+                                     resources_per_worker={"CPU": t.cpus_per_worker,
+                                                           **role_resources(t.node_role)}),
         run_config=RunConfig(
             name=recipe.name,
             storage_path=os.path.join(output_dir(recipe), "ray"),
