@@ -155,6 +155,32 @@ def head(tmp_path_factory):
     assert leftovers.strip() == ""
 
 
+@pytest.fixture(scope="session")
+def multinode(ray_cluster):
+    """A real multi-node cluster on this machine, with cluster.yaml's node roles.
+
+    A head with no CPUs (it runs the drivers, as cluster.yaml's head does),
+    two trainer nodes (`train_node`) and two CPU-only data nodes
+    (`data_node`): each node its own raylet, object store and ports, all on
+    127.0.0.1. `remove_node(node, allow_graceful=False)` kills a node's raylet
+    and every worker on it, as a lost machine would. Yields
+    {"cluster", "train": [nodes], "data": [nodes], "dashboard": url}.
+    """
+    from ray.cluster_utils import Cluster
+
+    from smolray.cluster import _free_port, _metric_ports
+
+    os.environ.update(_metric_ports())  # not the session cluster's metric ports
+    port = _free_port()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port})
+    nodes = {"train": [cluster.add_node(num_cpus=2, resources={"train_node": 1}) for _ in range(2)],
+             "data": [cluster.add_node(num_cpus=2, resources={"data_node": 1}) for _ in range(2)]}
+    cluster.wait_for_nodes()
+    yield {"cluster": cluster, **nodes, "dashboard": f"http://127.0.0.1:{port}"}
+    cluster.shutdown()
+
+
 def registered_step(run_dir: Path) -> int:
     """The step of the newest checkpoint Ray Train has registered for a run (0 if none).
 
