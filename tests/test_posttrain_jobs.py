@@ -1,15 +1,18 @@
 """The SFT -> DPO chain on the bundled sample conversations, through
-`ray job submit` on a local head, each job stopped midway and resumed."""
+`ray job submit` on a local head: the SFT job stopped midway and resumed on
+another worker count, the DPO job surviving a killed worker by itself."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import threading
 
 import pytest
 
 from conftest import ROOT
+from test_resume import first_resumed_row, kill_a_worker_after
 
 SFT_SETS = ["data.seq_len=512", "train.epochs=1", "checkpoint.every_steps=100", "run.log_every_steps=1"]
 DPO_SETS = ["data.seq_len=192", "data.dataset.limit=96", "train.epochs=1", "checkpoint.every_steps=100",
@@ -59,12 +62,26 @@ def sft(head, ray_cluster, init_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dpo(head, sft, tmp_path_factory):
-    """DPO from the SFT job's export, stopped at step 5 and rerun."""
+    """The DPO job from the SFT job's export, with a training worker killed mid-run.
+
+    train.max_failures=1: Ray Train restarts the workers inside the same job
+    from the step-4 (or step-8) checkpoint, and the job finishes by itself.
+    """
     root = tmp_path_factory.mktemp("dpo")
-    sets = DPO_SETS + [f"init={sft['job'] / 'export'}", f"run.output_dir={root / 'job'}"]
-    first = _submit(head, "dpo", "tiny-dpo", sets, "--stop-at-step", "5")
-    _submit(head, "dpo", "tiny-dpo", sets)
-    return {"job": root / "job", "first": first}
+    sets = DPO_SETS + [f"init={sft['job'] / 'export'}", f"run.output_dir={root / 'job'}",
+                       "checkpoint.every_steps=4", "train.max_failures=1"]
+    done = {}
+    job = threading.Thread(target=lambda: done.update(out=head.submit(
+        ["python", "jobs/dpo.py", "--config", "recipes/tiny-dpo.yaml", *_args(sets)],
+        working_dir=str(ROOT), timeout=600, capture=True)))
+    job.start()
+    seen = kill_a_worker_after(root / "job" / "ray" / "tiny-dpo", 4)
+    recovered = first_resumed_row(str(root / "job" / "logs" / "metrics.jsonl"))
+    print(f"DPO: kill to the restarted group's first row: {recovered - seen.get('killed_at', recovered):.1f} s")
+    job.join()
+    out = done["out"]
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return {"job": root / "job", "out": out.stdout, "killed": seen}
 
 
 def _began(out_dir) -> list[tuple[int, int]]:
@@ -102,10 +119,17 @@ def test_sft_resume_with_changed_data_is_refused(sft, tmp_path):
 def test_dpo_learns_the_planted_preference_and_resumes(dpo):
     from smolray.train.metrics import read_metrics
 
-    assert "stopped at step 5" in dpo["first"]
     rows = read_metrics(os.path.join(dpo["job"], "logs", "metrics.jsonl"))
-    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
-    assert _began(dpo["job"]) == [(s, 0 if s <= 5 else 5) for s in range(1, len(rows) + 1)]
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    # One job: a worker was killed after a checkpoint and the restarted
+    # workers went on from it, logging every later step once more.
+    assert len(dpo["killed"]["pids"]) == 2 and "stopped at step" not in dpo["out"], dpo["killed"]
+    began = _began(dpo["job"])
+    resumed = sorted({b for _, b in began} - {0})
+    assert len(resumed) == 1 and resumed[0] in (4, 8), began
+    first = [s for s, b in began if b == 0]
+    assert first == list(range(1, len(first) + 1)) and resumed[0] <= max(first) < 12, began
+    assert [s for s, b in began if b] == list(range(resumed[0] + 1, 13))
     # At step 1 the policy is the reference: every pair costs log 2.
     assert rows[0]["loss"] == pytest.approx(0.693147, abs=1e-4)
     assert rows[0]["rewards/margin"] == pytest.approx(0.0, abs=1e-3)

@@ -1,5 +1,6 @@
-"""Killed training workers: Ray Train restarts them inside the same run, or
-the job ends with one message and the same command continues it exactly.
+"""A killed training worker with no restarts left: the job ends with one
+message, and the same command continues it exactly. (Restarts inside the
+run: test_multinode.py, and the DPO job of test_posttrain_jobs.py.)
 
 The expected log needs no second training run: which sequence a step trains
 on is a pure function of the plan, so it is computed from DataPlan directly.
@@ -11,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 from smolray.data.plan import build_plan
@@ -64,32 +64,6 @@ def kill_a_worker_after(run_dir, step: int, timeout: float = 240) -> dict:
         os.kill(pids[-1], signal.SIGKILL)
         seen["killed_at"] = time.time()
     return seen
-
-
-def test_a_killed_worker_is_restarted_inside_the_same_run(corpus, tmp_path):
-    from smolray.recipe import load_recipe
-
-    out = tmp_path / "run"
-    recipe = load_recipe(TINY, recipe_overrides(corpus["tokenizer"], corpus["root"], out)
-                         + [*SHORT, "checkpoint.every_steps=3", "train.max_failures=1"])
-    seen = {}
-    metrics = os.path.join(log_dir(recipe), "metrics.jsonl")
-
-    def kill_and_time():
-        seen.update(kill_a_worker_after(out / "ray" / recipe.name, 3))
-        seen["recovered_at"] = first_resumed_row(metrics)
-
-    killer = threading.Thread(target=kill_and_time)
-    killer.start()
-    result = fit(build_trainer(recipe, build_plan(recipe), sample_log=str(tmp_path / "samples")), recipe)
-    killer.join()
-    assert len(seen["pids"]) == 2 and seen["registered"] >= 3, seen
-    # One fit(): the job finished by itself, every step trained exactly the plan.
-    assert result.metrics["step"] == 12
-    assert sample_log(tmp_path / "samples") == planned_log(build_plan(recipe), 12)
-    began = sorted({r["resumed_from"] for r in read_rows(metrics)})
-    assert began[0] == 0 and len(began) == 2 and began[1] % 3 == 0 and began[1] >= 3, began
-    print(f"kill to the restarted group's first row: {seen['recovered_at'] - seen['killed_at']:.1f} s")
 
 
 def test_failures_beyond_the_limit_end_in_one_message_and_the_rerun_is_exact(ray_cluster, corpus, tmp_path):

@@ -35,7 +35,7 @@ def sample_log(directory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def runs(corpus, tmp_path_factory):
-    """One uninterrupted run per ZeRO stage, shared by the tests below.
+    """One uninterrupted run each for ZeRO-1 and ZeRO-3, shared by the tests below.
 
     The ZeRO-1 run also recomputes activations and compiles its layers: the
     stages must still agree (test_zero_stages_agree), so the levers change
@@ -43,7 +43,8 @@ def runs(corpus, tmp_path_factory):
     """
     out = {}
     levers = {1: ["train.activation_checkpointing=true", "train.compile=true"]}
-    for stage in (1, 2, 3):
+    # ZeRO-2 is the tiny recipe's default, which every other training test runs.
+    for stage in (1, 3):
         base = tmp_path_factory.mktemp(f"zero{stage}")
         recipe = recipe_factory(corpus, base / "run")(*SHORT, f"train.zero_stage={stage}",
                                                        *levers.get(stage, []))
@@ -52,7 +53,7 @@ def runs(corpus, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("stage", [1, 3])
 def test_zero_stage_trains_and_loss_falls(runs, stage):
     recipe, result, _ = runs[stage]
     rows = read_metrics(os.path.join(log_dir(recipe), "metrics.jsonl"))
@@ -82,11 +83,10 @@ def test_zero_stages_agree(runs):
     # up to float summation order (which a few steps amplify to ~1e-4).
     losses = {stage: [r["loss"] for r in read_metrics(os.path.join(log_dir(rec), "metrics.jsonl"))]
               for stage, (rec, _, _) in runs.items()}
-    assert losses[1] == pytest.approx(losses[2], rel=2e-3)
-    assert losses[3] == pytest.approx(losses[2], rel=2e-3)
+    assert losses[1] == pytest.approx(losses[3], rel=2e-3)
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("stage", [1, 3])
 def test_checkpoint_holds_every_ranks_shard(runs, stage):
     _, result, _ = runs[stage]
     with result.checkpoint.as_directory() as d:
@@ -128,13 +128,15 @@ def test_a_checkpoint_whose_data_position_disagrees_with_the_plan_stops_the_run(
     import json
     import shutil
 
-    recipe, result, base = runs[2]
+    recipe, result, base = runs[3]
     ckpt = tmp_path / "step-00000008"
     shutil.copytree(os.path.join(os.path.dirname(result.checkpoint.path), "step-00000008"), ckpt)
     state = json.loads((ckpt / "trainer_state.json").read_text())
     state["source_sequences"][0] += 1  # one prose sequence the plan never drew
     (ckpt / "trainer_state.json").write_text(json.dumps(state))
-    branch = recipe_factory(corpus, tmp_path / "run")(*SHORT, "train.zero_stage=2", f"run.init_from={ckpt}")
+    # No restarts: the guard's error is the point, and each restart would meet it again.
+    branch = recipe_factory(corpus, tmp_path / "run")(*SHORT, "train.zero_stage=3", f"run.init_from={ckpt}",
+                                                      "train.max_failures=0")
     with pytest.raises(Exception, match=r"data accounting drifted at step 10: trained \["):
         fit(branch)
 
