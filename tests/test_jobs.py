@@ -6,10 +6,13 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -17,6 +20,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, TINY, recipe_overrides, s3_client, s3_env
+from s3_delay import DelayProxy
+from test_resume import train_worker_pids
 
 PY = sys.executable
 
@@ -162,16 +167,38 @@ def test_stdlib_platform_on_a_worker_with_the_repo_as_working_dir(head):
 
 
 def test_ray_job_submit_runs_pretrain_end_to_end_into_a_bucket(head, corpus, s3_server, tmp_path):
-    """The main job as on a cloud: checkpoints, export and logs land in a bucket."""
+    """The main job as on a cloud: checkpoints, export and logs land in a bucket.
+
+    A training worker is killed while the step-8 checkpoint uploads (a proxy
+    holds those writes back): the job restarts its workers by itself from the
+    step-4 checkpoint, the last one registered, never from the partial one.
+    """
     prefix = f"e2e-{uuid.uuid4().hex[:8]}"
     sets = recipe_overrides(corpus["tokenizer"], corpus["root"], tmp_path) + [
         f"run.output_dir=s3://runs/{prefix}", "train.total_tokens=32768", "schedule.warmup_steps=2",
-        "checkpoint.every_steps=4", "run.log_every_steps=2", "eval.at_start=true", "eval.max_tokens=4096"]
+        "checkpoint.every_steps=4", "run.log_every_steps=2", "eval.at_start=true", "eval.max_tokens=4096",
+        "train.max_failures=1"]
     args = [a for s in sets for a in ("--set", s)]
-    res = head.submit(["python", "jobs/pretrain.py", "--config", str(TINY.relative_to(ROOT)), *args],
-                      working_dir=str(ROOT), timeout=600, capture=True, env_vars=s3_env(s3_server))
+    done = {}
+    with DelayProxy(s3_server, f"/{prefix}/ray/tiny/step-00000008/", delay_s=1.0) as proxy:
+        job = threading.Thread(target=lambda: done.update(res=head.submit(
+            ["python", "jobs/pretrain.py", "--config", str(TINY.relative_to(ROOT)), *args],
+            working_dir=str(ROOT), timeout=600, capture=True, env_vars=s3_env(proxy.port))))
+        job.start()
+        while not proxy.delayed and job.is_alive():
+            time.sleep(0.02)
+        killed = train_worker_pids()
+        if killed:
+            os.kill(killed[-1], signal.SIGKILL)
+        job.join()
+    res = done["res"]
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert len(killed) == 2, "the kill must land while the step-8 upload is held back"
     client = s3_client(s3_server)
+    log = client.get_object(Bucket="runs", Key=f"{prefix}/logs/metrics.jsonl")["Body"].read().decode()
+    rows = [json.loads(line) for line in log.splitlines() if line.strip()]
+    began = {r["resumed_from"] for r in rows if "resumed_from" in r}  # (the step-0 score has none)
+    assert began == {0, 4}, began
     listed = client.get_paginator("list_objects_v2").paginate(Bucket="runs", Prefix=prefix + "/")
     keys = {o["Key"][len(prefix) + 1:] for page in listed for o in page.get("Contents", [])}
     assert {"export/config.json", "export/model.safetensors", "export/tokenizer.json"} <= keys

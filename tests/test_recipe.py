@@ -123,6 +123,20 @@ def test_batch_not_divisible():
     assert "global_batch_size=20" in msg and "multiple of 16" in msg
 
 
+def test_an_elastic_worker_range_must_split_every_step_on_each_count():
+    r = load_recipe(TINY, ["train.num_workers=[1,2]"])
+    assert (r.train.min_workers, r.train.num_workers, list(r.train.worker_counts)) == (1, 2, [1, 2])
+    # The recipe a checkpoint records reloads as the same range.
+    again = recipe_from_dict(r.model_dump(mode="json"))
+    assert (again.train.min_workers, again.train.num_workers) == (1, 2)
+    with pytest.raises(RecipeError, match=r"micro_batch_size \* num_workers = 8 \* 3; use a multiple of 24 "
+                                          r"\(an elastic range .* these do: \[1, 2\]\)"):
+        load_recipe(TINY, ["train.num_workers=[1,3]"])
+    with pytest.raises(RecipeError, match=r"train.num_workers=\[2, 1\]: a range is \[min, max\]"):
+        load_recipe(TINY, ["train.num_workers=[2,1]"])
+    assert load_recipe(TINY, ["train.num_workers=[2,2]"]).train.min_workers is None  # not elastic
+
+
 def test_heads_must_divide():
     assert "num_kv_heads" in bad(["model.num_kv_heads=3"])
 

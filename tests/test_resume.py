@@ -1,6 +1,8 @@
 """A killed training worker with no restarts left: the job ends with one
-message, and the same command continues it exactly. (Restarts inside the
-run: test_multinode.py, and the DPO job of test_posttrain_jobs.py.)
+message naming the cause, the last checkpoint and the command that
+continues it. (Restarts inside the run: test_multinode.py, the DPO job of
+test_posttrain_jobs.py and the bucket job of test_jobs.py; a rerun of the
+same command resuming exactly: test_stages.py.)
 
 The expected log needs no second training run: which sequence a step trains
 on is a pure function of the plan, so it is computed from DataPlan directly.
@@ -9,17 +11,17 @@ on is a pure function of the plan, so it is computed from DataPlan directly.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
-from smolray.data.plan import build_plan
 from smolray.train.metrics import read_metrics, read_rows
-from smolray.train.trainer import build_trainer, fit, log_dir
+from smolray.train.trainer import log_dir
 
 from conftest import ROOT, TINY, recipe_overrides, registered_step
-from test_train import SHORT, sample_log
+from test_train import SHORT
 
 
 def planned_log(plan, total_steps: int) -> list[str]:
@@ -66,7 +68,7 @@ def kill_a_worker_after(run_dir, step: int, timeout: float = 240) -> dict:
     return seen
 
 
-def test_failures_beyond_the_limit_end_in_one_message_and_the_rerun_is_exact(ray_cluster, corpus, tmp_path):
+def test_failures_beyond_the_limit_end_the_job_with_one_message(ray_cluster, corpus, tmp_path):
     from smolray.recipe import load_recipe
 
     out = tmp_path / "run"
@@ -94,16 +96,9 @@ def test_failures_beyond_the_limit_end_in_one_message_and_the_rerun_is_exact(ray
     assert len(errors) == 1, err[-3000:]
     message = errors[0]
     registered = registered_step(out / "ray" / recipe.name)
-    assert message.startswith("error: training failed (no restart allowed, train.max_failures=0): "
-                              "worker rank(s) [1] died (the process was killed"), message
+    # Which rank the killed process held is up to Ray; the other rank only lost its peer.
+    assert re.match(r"error: training failed \(no restart allowed, train\.max_failures=0\): worker rank\(s\) "
+                    r"\[[01]\] died \(the process was killed, ran out of memory, or its node was lost\); "
+                    r"1 other rank\(s\) then lost their peer", message), message
     assert f"step-{registered:08d} (step {registered})" in message
     assert f"Run the same command again to continue: python jobs/pretrain.py --config {TINY}" in message
-
-    # That command trains exactly the plan from the registered checkpoint on.
-    result = fit(build_trainer(recipe, build_plan(recipe), sample_log=str(samples)), recipe)
-    assert result.metrics["step"] == 12
-    assert sample_log(samples) == planned_log(build_plan(recipe), 12)
-    rerun = [r for r in read_rows(os.path.join(log_dir(recipe), "metrics.jsonl")) if r["resumed_from"] > 0]
-    assert {r["resumed_from"] for r in rerun} == {registered}
-    logs = [s for s in range(1, 13) if s % 2 == 0 or s % 3 == 0]  # log and checkpoint steps
-    assert [r["step"] for r in rerun] == [s for s in logs if s > registered]

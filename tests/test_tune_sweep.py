@@ -268,7 +268,7 @@ def test_asha_stops_the_mixture_that_falls_behind(head, corpus, tmp_path):
     """One trial at a time makes ASHA's decision deterministic: the second
     trial meets the first at the step-4 rung, and the prose-heavy mixture is
     worse on a code target, so it is stopped there and left out of the fit."""
-    steps = 32  # the stop lands a step or two after the rung at 4: far from the end
+    steps = 16  # the stop lands a step or two after the rung at 4: far from the end
     sets = _trial_sets(corpus, tmp_path, checkpoint_every=steps, log_every=2, eval_tokens=2048)
     cfg = {"name": "asha", "recipe": str(TINY), "set": sets, "budget_tokens": 4096 * steps,
            "search": ["prose", "code", "math"],

@@ -239,7 +239,15 @@ class EngineConfig(_Strict):
     zero_stage: Literal[0, 1, 2, 3] = 2
     # auto: bf16 where the accelerator supports it, else fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Training workers (one per GPU on GPU nodes). A range [min, max] makes
+    # the run elastic (Ray Train v2): it starts once `min` fit, goes on with
+    # fewer after a node is lost and grows back to `max` when nodes return,
+    # each time from the latest checkpoint, re-cut for the new count. Read
+    # as num_workers = max, min_workers = min.
     num_workers: int = Field(default=1, gt=0)
+    min_workers: int | None = Field(default=None, gt=0)
+    # Elastic runs: how often Ray Train looks for room to grow (seconds).
+    resize_check_s: float = Field(default=60.0, gt=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
     # Worker-group failures (a crashed or killed worker, a lost node) that Ray
@@ -266,6 +274,24 @@ class EngineConfig(_Strict):
     # Where bf16 gradients are summed over micro batches. auto: fp32 (ZeRO >= 1).
     grad_accum_dtype: Literal["auto", "fp32", "bf16"] = "auto"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _range(cls, data):
+        n = data.get("num_workers") if isinstance(data, dict) else None
+        if isinstance(n, (list, tuple)):
+            if len(n) != 2 or not all(isinstance(x, int) and x > 0 for x in n) or n[0] > n[1]:
+                raise ValueError(f"train.num_workers={list(n)}: a range is [min, max] with 1 <= min <= max "
+                                 "(e.g. [2, 8]); or give one count")
+            if data.get("min_workers") is not None:
+                raise ValueError("train.num_workers is a range and train.min_workers is set too; give one")
+            data = {**data, "num_workers": n[1], "min_workers": n[0] if n[0] < n[1] else None}
+        return data
+
+    @property
+    def worker_counts(self) -> range:
+        """Every worker count the run may train on (one, unless elastic)."""
+        return range(self.min_workers or self.num_workers, self.num_workers + 1)
+
     @model_validator(mode="after")
     def _batch(self) -> EngineConfig:
         if self.compile and self.zero_stage == 3:
@@ -276,12 +302,20 @@ class EngineConfig(_Strict):
             raise ValueError("train.grad_accum_dtype=fp32 with precision bf16 needs zero_stage >= 1 "
                              "(DeepSpeed sums bf16 gradients in fp32 only in its ZeRO optimizers); "
                              "set zero_stage=1 or grad_accum_dtype=auto")
-        per_pass = self.micro_batch_size * self.num_workers
-        if self.global_batch_size % per_pass:
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(f"train.min_workers={self.min_workers} is above num_workers={self.num_workers}; "
+                             "give num_workers as a range [min, max]")
+        # An elastic run may train on any count in its range: each must split a step evenly.
+        bad = [w for w in self.worker_counts if self.global_batch_size % (self.micro_batch_size * w)]
+        if bad:
+            w = bad[0]
+            fits = [c for c in self.worker_counts if c not in bad]
             raise ValueError(
                 f"train.global_batch_size={self.global_batch_size} is not a multiple of "
-                f"micro_batch_size * num_workers = {self.micro_batch_size} * {self.num_workers}; "
-                f"use a multiple of {per_pass}")
+                f"micro_batch_size * num_workers = {self.micro_batch_size} * {w}; "
+                f"use a multiple of {self.micro_batch_size * w}"
+                + (f" (an elastic range must split every step on each count in it; of "
+                   f"{self.worker_counts.start}-{self.num_workers} these do: {fits})" if self.min_workers else ""))
         return self
 
 

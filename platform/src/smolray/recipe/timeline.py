@@ -71,11 +71,12 @@ def timeline(recipe: Recipe) -> list[Stage]:
                 "step (global_batch_size x data.seq_len); use a divisor")
         batch = per_step // seq
         micro = st.micro_batch_size or max(1, t.micro_batch_size * d.seq_len // seq)
-        if batch % (micro * t.num_workers):
-            raise ValueError(
-                f"{field}: {batch} sequences of {seq} tokens per step do not split into micro "
-                f"batches of {micro} on {t.num_workers} workers; set {field}.micro_batch_size "
-                f"to a divisor of {batch // t.num_workers}")
+        for w in t.worker_counts:  # every count an elastic run may train on
+            if batch % (micro * w):
+                raise ValueError(
+                    f"{field}: {batch} sequences of {seq} tokens per step do not split into micro "
+                    f"batches of {micro} on {w} workers; set {field}.micro_batch_size "
+                    f"to a divisor of {batch // w}")
         out.append(Stage(index=i, name=st.name, start_step=starts[i], stop_step=stop,
                          seq_len=seq, batch=batch, micro_batch=micro,
                          rope_theta=st.rope_theta or (out[-1].rope_theta if out else m.rope_theta),

@@ -35,7 +35,8 @@ def describe(recipe: Recipe, plan: DataPlan | None, plan_error: str | None = Non
         f"parameters:        {recipe.model.num_parameters:,}",
         f"tokens per step:   {per_step:,} ({recipe.train.global_batch_size} sequences x "
         f"{recipe.data.seq_len} tokens; micro batch {recipe.train.micro_batch_size} x "
-        f"{recipe.train.num_workers} workers x {recipe.grad_accum} accumulation)",
+        f"{recipe.train.num_workers} workers x {recipe.grad_accum} accumulation"
+        + (f"; elastic down to {recipe.train.min_workers} workers" if recipe.train.min_workers else "") + ")",
         f"optimizer steps:   {steps:,}",
         f"total tokens:      {steps * per_step:,} (budget {recipe.train.total_tokens:,})",
         *_flops_lines(recipe),

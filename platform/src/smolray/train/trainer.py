@@ -114,7 +114,8 @@ def torch_trainer(loop, cfg, recipe, callbacks: list | None = None) -> TorchTrai
     return TorchTrainer(
         loop,
         train_loop_config=cfg,
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+        scaling_config=ScalingConfig(num_workers=(t.min_workers, t.num_workers) if t.min_workers else t.num_workers,
+                                     elastic_resize_monitor_interval_s=t.resize_check_s, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker,
                                                            **role_resources(t.node_role)}),
         run_config=RunConfig(
