@@ -69,6 +69,11 @@ def role_resources(role: str | None) -> dict[str, float]:
     return {role: ROLE_SHARE} if role else {}
 
 
+def role_args(role: str | None) -> dict:
+    """Ray remote args (tasks, Ray Data operators) pinning work to a node role (none when off)."""
+    return {"resources": role_resources(role)} if role else {}
+
+
 def check_role(role: str | None, field: str) -> None:
     """Warn, on the driver, when no live node has the role yet: the work would wait."""
     if not role or not ray.is_initialized():

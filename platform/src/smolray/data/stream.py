@@ -22,8 +22,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from smolray.cluster import role_resources
-
+from smolray.cluster import role_args
 from smolray.data.plan import DataPlan
 
 
@@ -102,7 +101,7 @@ def build_dataset(plan: DataPlan, part: RankSlice, position_ids: bool = False,
         batch_size=rows_per_task,
         batch_format="numpy",
         fn_kwargs={"plan": plan, "part": part, "position_ids": position_ids},
-        **_role_args(node_role),
+        **role_args(node_role),
     )
     # Order is the contract: step t's rows must arrive in step t.
     ds.context.execution_options.preserve_order = True
@@ -110,7 +109,3 @@ def build_dataset(plan: DataPlan, part: RankSlice, position_ids: bool = False,
     ds.context.enable_progress_bars = False
     return ds
 
-
-def _role_args(role: str | None) -> dict:
-    """Ray remote args pinning a Ray Data task to a node role (none when off)."""
-    return {"resources": role_resources(role)} if role else {}

@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from smolray.cluster import check_role, role_resources
+from smolray.cluster import check_role, role_args
 from smolray.data.raw import expand, file_format, identities
 from smolray.data.shards import (HELDOUT, MANIFEST, Manifest, ShardError, filesystem, join,
                                  read_manifest, token_dtype, write_manifest, write_shard)
@@ -85,7 +85,7 @@ def tokenize_source(src: SourceConfig, tokenizer: str, vocab_size: int,
         read_fs = filesystem(group[0])[0]
         paths = [filesystem(f)[1] for f in group]
         # Reads and encoding run on the data nodes (data.node_role), if set.
-        role = {"resources": role_resources(node_role)} if node_role else {}
+        role = role_args(node_role)
         if fmt == "parquet":
             parts.append(ray.data.read_parquet(paths, filesystem=read_fs, columns=[src.text_field],
                                                ray_remote_args=role))

@@ -23,7 +23,7 @@ from smolray.recipe import Recipe
 from smolray.tokenizer import load_tokenizer
 from smolray.train.loop import LoopConfig, train_loop
 from smolray.train.recovery import (TrainingFailed, changed_stages, failure_message, latest_registered,
-                                    read_state)
+                                    read_state, storage_path)
 from smolray.train.validate import load_heldout
 
 
@@ -120,7 +120,7 @@ def torch_trainer(loop, cfg, recipe, callbacks: list | None = None) -> TorchTrai
                                                            **role_resources(t.node_role)}),
         run_config=RunConfig(
             name=recipe.name,
-            storage_path=os.path.join(output_dir(recipe), "ray"),
+            storage_path=storage_path(output_dir(recipe)),
             checkpoint_config=CheckpointConfig(num_to_keep=recipe.checkpoint.keep),
             failure_config=FailureConfig(max_failures=t.max_failures),
             worker_runtime_env={"env_vars": env},
