@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -20,8 +18,8 @@ PROMPTS = 24
 
 def _config(tmp_path, model, **changes) -> dict:
     cfg = yaml.safe_load((ROOT / "recipes" / "synth-tiny.yaml").read_text())
-    # One request at a time, each a fixed 256 tokens.
-    cfg["model"].update(source=model, batch_size=1, max_concurrent_batches=1)
+    # Small batches, each answer a fixed 256 tokens.
+    cfg["model"].update(source=model, batch_size=4, max_concurrent_batches=2)
     cfg["generate"].update(prompts=PROMPTS, topics=str(ROOT / "data" / "synth" / "topics.txt"))
     # Short seeds: the prompt and its answer must fit the fixture's 512 positions.
     cfg["generate"]["seeds"].update(raw=[str(ROOT / "data" / "sample" / f"{s}.jsonl") for s in ("prose", "math")],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import subprocess
 import time
 
@@ -62,12 +63,20 @@ def _trial_sets(corpus, out, checkpoint_every: int, log_every: int, eval_tokens:
                    f"eval.max_tokens={eval_tokens}"]
 
 
+STEPS = 8  # per trial; a checkpoint every 2 leaves the kill below 4 steps of room
+
+
 @pytest.fixture(scope="module")
 def sweep(head, corpus, tmp_path_factory):
-    """A 4-trial sweep (3 listed mixtures and a uniform baseline) with a confirmation trial."""
+    """A 4-trial sweep (3 listed mixtures and a uniform baseline) with a confirmation trial.
+
+    The first job's driver is SIGKILLed once a trial has registered a
+    checkpoint; the same command then finishes the sweep (the killed trials
+    from their checkpoints), and a third run finds every trial done.
+    """
     out = tmp_path_factory.mktemp("sweeps")
-    sets = _trial_sets(corpus, out, checkpoint_every=4, log_every=2, eval_tokens=4096)
-    cfg = {"name": "e2e", "recipe": str(TINY), "set": sets, "budget_tokens": 16384,  # 4 steps
+    sets = _trial_sets(corpus, out, checkpoint_every=2, log_every=1, eval_tokens=4096)
+    cfg = {"name": "e2e", "recipe": str(TINY), "set": sets, "budget_tokens": 4096 * STEPS,
            "search": ["prose", "code", "math"],
            "space": {"kind": "list", "mixtures": [{"prose": 0.8, "code": 0.1, "math": 0.1},
                                                   {"prose": 0.1, "code": 0.8, "math": 0.1},
@@ -78,17 +87,56 @@ def sweep(head, corpus, tmp_path_factory):
            "output_dir": str(out)}
     path = out / "e2e.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    d = out / "e2e"
     cmd = ["python", "tune/mixture_sweep.py", "--config", str(path)]
     t0 = time.monotonic()
+    cut, registered, status = _kill_driver_mid_trial(head, cmd, d, ("t00", "t01"))
+    killed = {t: _logged(d, t) for t in ("t00", "t01", "t02", "uniform", "confirm")}
+    results_after_kill = (d / "results.csv").exists()
     first = head.submit(cmd, working_dir=str(ROOT), timeout=900, capture=True)
     job_s = time.monotonic() - t0
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
-    table = (out / "e2e" / "results.csv").read_text()
+    table = (d / "results.csv").read_text()
     # The same command again: every trial is done, so Tune restores and trains nothing.
     again = head.submit(cmd, working_dir=str(ROOT), timeout=900, capture=True)
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
-    return {"dir": out / "e2e", "stdout": first.stdout, "table": table, "job_s": job_s,
-            "table_again": (out / "e2e" / "results.csv").read_text()}
+    return {"dir": d, "stdout": first.stdout, "table": table, "job_s": job_s,
+            "table_again": (d / "results.csv").read_text(), "cut": cut, "registered": registered,
+            "killed": killed, "status_after_kill": status, "results_after_kill": results_after_kill}
+
+
+def _kill_driver_mid_trial(head, cmd, d, trials):
+    """Submit the sweep, SIGKILL its driver once one of `trials` has registered a checkpoint.
+
+    Returns (that trial, its registered step at the kill, `ray job status` after it).
+    """
+    ray = [os.path.join(os.path.dirname(PY), "ray"), "job"]
+    addr = f"--address={head.dashboard_url}"
+    subprocess.run([*ray, "submit", addr, "--no-wait", "--submission-id=sweep-cut", f"--working-dir={ROOT}",
+                    "--", *cmd], env=head.env, check=True, capture_output=True, timeout=120)
+    cut, deadline = None, time.monotonic() + 600
+    while cut is None and time.monotonic() < deadline:
+        cut = next((t for t in trials if registered_step(d / "trials" / t / "ray" / f"{d.name}-{t}")), None)
+        time.sleep(0.1)
+    assert cut, "no trial registered a checkpoint"
+    # A crash, not a polite stop: SIGKILL reaches the driver at once, where
+    # `ray job stop` takes seconds of CLI start-up and grace period on a busy
+    # machine. Ray then tears down the trials' workers, which the driver owns.
+    driver = " ".join(cmd[1:])
+    subprocess.run(["pkill", "-KILL", "-f", driver], check=True)
+    while subprocess.run(["pgrep", "-f", driver], capture_output=True).returncode == 0:
+        time.sleep(0.1)
+    registered = registered_step(d / "trials" / cut / "ray" / f"{d.name}-{cut}")
+    status = subprocess.run([*ray, "status", addr, "sweep-cut"], env=head.env, capture_output=True, text=True,
+                            timeout=120)
+    return cut, registered, status.stdout
+
+
+def _logged(d, tid):
+    """(step, the step its run began at) for every metrics row of a trial, as written."""
+    log = d / "trials" / tid / "logs" / "metrics.jsonl"
+    rows = map(json.loads, log.open()) if log.exists() else []
+    return [(r["step"], r["resumed_from"]) for r in rows]
 
 
 def _rows(d):
@@ -102,15 +150,15 @@ def test_sweep_writes_one_row_per_trial_with_its_mixture_and_metrics(sweep):
     rows = _rows(sweep["dir"])
     assert set(rows) == {"t00", "t01", "t02", "uniform", "confirm"}
     for tid, r in rows.items():
-        assert r["status"] == "finished" and int(r["step"]) == 4 and int(r["tokens"]) == 16384
-        # Seconds the trial ran: inside the sweep job's own wall time.
+        assert r["status"] == "finished" and int(r["step"]) == STEPS and int(r["tokens"]) == 4096 * STEPS
+        # Seconds the trial ran (in both jobs): inside the jobs' own wall time.
         assert 0 < float(r["wall_s"]) < sweep["job_s"]
         # target_loss is the named mixture of the per-source held-out losses.
         want = 0.7 * float(r["val/code/loss"]) + 0.3 * float(r["val/prose/loss"])
         assert float(r["target_loss"]) == pytest.approx(want, rel=1e-9)
         # The recorded recipe reruns the trial alone: same mixture, same budget.
         recipe = load_recipe(r["recipe"])
-        assert recipe.train.total_tokens == 16384 and recipe.eval.target == {"code": 0.7, "prose": 0.3}
+        assert recipe.train.total_tokens == 4096 * STEPS and recipe.eval.target == {"code": 0.7, "prose": 0.3}
         w = {s: float(r[f"weight/{s}"]) for s in ("prose", "code", "math")}
         assert recipe.data.mixture == pytest.approx({s: v for s, v in w.items() if v > 0}, abs=1e-6)
     assert float(rows["uniform"]["weight/code"]) == pytest.approx(1 / 3, abs=1e-6)
@@ -150,7 +198,7 @@ def test_sweep_rerun_resumes_instead_of_retraining(sweep):
     # Wall times included: a retrained trial would report a new time_total_s.
     assert sweep["table_again"] == sweep["table"]
     ckpts = sorted(p.name for p in (sweep["dir"] / "trials" / "t00" / "ray" / "e2e-t00").glob("step-*"))
-    assert ckpts == ["step-00000004"]
+    assert ckpts == ["step-00000006", "step-00000008"]  # checkpoint.keep=2
 
 
 def test_sweep_rerun_with_another_budget_or_base_recipe_is_refused(sweep):
@@ -162,7 +210,7 @@ def test_sweep_rerun_with_another_budget_or_base_recipe_is_refused(sweep):
     path = sweep["dir"].parent / "e2e.yaml"
     cfg = load_recipe(path, cls=SweepConfig)
     tokens = {s: m.tokens for s, m in _manifests(check(cfg)).items()}
-    cases = [({"budget_tokens": 32768}, r"train\.total_tokens"),  # the budget
+    cases = [({"budget_tokens": 8192 * STEPS}, r"train\.total_tokens"),  # the budget
              ({"set": cfg.set + ["optim.lr=1e-2"]}, r"optim\.lr"),  # the base recipe
              ({"set": cfg.set + ["seed=7"]}, r"\bseed\b")]
     for update, field in cases:
@@ -191,7 +239,7 @@ def test_in_loop_validation_equals_offline_eval_of_the_checkpoint(sweep, tok, tm
 
     row = _rows(sweep["dir"])["t01"]
     recipe = load_recipe(row["recipe"])
-    ckpt = sweep["dir"] / "trials" / "t01" / "ray" / "e2e-t01" / "step-00000004"
+    ckpt = sweep["dir"] / "trials" / "t01" / "ray" / "e2e-t01" / "step-00000008"
     model = AutoModelForCausalLM.from_pretrained(export_hf(str(ckpt), recipe, str(tmp_path / "export"))).eval()
     texts = pq.read_table(recipe.data.source("code").shards + "/heldout.parquet").column("text").to_pylist()
     got = text_loss(model, tok, texts, recipe.data.seq_len, max_tokens=recipe.eval.max_tokens)
@@ -199,69 +247,27 @@ def test_in_loop_validation_equals_offline_eval_of_the_checkpoint(sweep, tok, tm
     assert float(row["val/code/bpb"]) == pytest.approx(got["bpb"], rel=1e-4)
 
 
-def test_sweep_stopped_mid_trial_resumes_from_the_checkpoints(head, corpus, tmp_path):
-    """The sweep's driver killed in the middle of a trial; the same command again finishes it from its checkpoint."""
-    import os
-
-    sets = _trial_sets(corpus, tmp_path, checkpoint_every=2, log_every=1, eval_tokens=2048)
-    steps = 16  # the kill lands at step 2-4: a dozen steps of room
-    cfg = {"name": "cut", "recipe": str(TINY), "set": sets, "budget_tokens": 4096 * steps,
-           "search": ["prose", "code"], "fixed": {"math": 0.1},
-           "space": {"kind": "list", "mixtures": [{"prose": 0.5, "code": 0.5}, {"prose": 0.2, "code": 0.8}]},
-           "eval": {"target": {"code": 1.0}, "every_steps": 6}, "scheduler": {"kind": "none"},
-           "resources": {"cpus_per_trial": 0.5, "max_concurrent": 2}, "recommend": {"confirm": False},
-           "output_dir": str(tmp_path)}
-    path = tmp_path / "cut.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    d = tmp_path / "cut"
-    cmd = ["python", "tune/mixture_sweep.py", "--config", str(path)]
-    ray = [os.path.join(os.path.dirname(PY), "ray"), "job"]
-    addr = f"--address={head.dashboard_url}"
-
-    def logged(tid):
-        """(step, the step its run began at) for every row as written."""
-        log = d / "trials" / tid / "logs" / "metrics.jsonl"
-        rows = map(json.loads, log.open()) if log.exists() else []
-        return [(r["step"], r["resumed_from"]) for r in rows]
-
-    subprocess.run([*ray, "submit", addr, "--no-wait", "--submission-id=cut-1", f"--working-dir={ROOT}",
-                    "--", *cmd], env=head.env, check=True, capture_output=True, timeout=120)
-    # Kill once some trial has a registered checkpoint (step 2 or later).
-    cut, deadline = None, time.monotonic() + 600
-    while cut is None and time.monotonic() < deadline:
-        cut = next((t for t in ("t00", "t01") if registered_step(d / "trials" / t / "ray" / f"cut-{t}")), None)
-        time.sleep(0.1)
-    assert cut, "no trial registered a checkpoint"
-    # A crash, not a polite stop: SIGKILL reaches the driver at once, where
-    # `ray job stop` takes seconds of CLI start-up and grace period on a busy
-    # machine. Ray then tears down the trials' workers, which the driver owns.
-    driver = " ".join(cmd[1:])
-    subprocess.run(["pkill", "-KILL", "-f", driver], check=True)
-    while subprocess.run(["pgrep", "-f", driver], capture_output=True).returncode == 0:
-        time.sleep(0.1)
-    registered = registered_step(d / "trials" / cut / "ray" / f"cut-{cut}")
-    status = subprocess.run([*ray, "status", addr, "cut-1"], env=head.env, capture_output=True, text=True,
-                            timeout=120)
-    assert "succeeded" not in status.stdout.lower(), status.stdout
-    assert not (d / "results.csv").exists()
-
-    again = head.submit(cmd, working_dir=str(ROOT), timeout=900, capture=True)
-    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
-    rows = _rows(d)
-    assert {r["status"] for r in rows.values()} == {"finished"} and set(rows) == {"t00", "t01"}
-    assert all(int(r["step"]) == steps and int(r["tokens"]) == 4096 * steps for r in rows.values())
+def test_sweep_stopped_mid_trial_resumes_from_the_checkpoints(sweep):
+    """The first job's driver was killed in the middle of a trial; the same command finished it from its checkpoint."""
+    assert "succeeded" not in sweep["status_after_kill"].lower(), sweep["status_after_kill"]
+    assert not sweep["results_after_kill"]
+    cut, registered, d = sweep["cut"], sweep["registered"], sweep["dir"]
     # The killed trial went on from a checkpoint, not from scratch. The newest
     # checkpoint directory may not be registered yet when the job dies (Ray
     # Train records it after the upload), so the resume point is the latest
     # registered one: an even step, and the steps up to it were trained once.
-    after = logged(cut)
+    after = _logged(d, cut)
     first = [s for s, began in after if began == 0]
     rerun = [(s, began) for s, began in after if began > 0]
-    assert first == list(range(1, len(first) + 1)) and max(first) < steps, f"not killed mid-trial: {first}"
+    assert first == list(range(1, len(first) + 1)) and max(first) < STEPS, f"not killed mid-trial: {first}"
+    assert first == [s for s, _ in sweep["killed"][cut]]
     resumed_from = rerun[0][1]
     assert {began for _, began in rerun} == {resumed_from}
     assert 2 <= registered <= resumed_from <= max(first) and resumed_from % 2 == 0, (registered, after)
-    assert [s for s, _ in rerun] == list(range(resumed_from + 1, steps + 1))
+    assert [s for s, _ in rerun] == list(range(resumed_from + 1, STEPS + 1))
+    # Trials the killed job never reached ran once, from the start.
+    for tid in ("t02", "uniform", "confirm"):
+        assert sweep["killed"][tid] == [] and _logged(d, tid) == [(s, 0) for s in range(1, STEPS + 1)], tid
 
 
 def test_asha_stops_the_mixture_that_falls_behind(head, corpus, tmp_path):

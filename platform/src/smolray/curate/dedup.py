@@ -21,6 +21,8 @@ from smolray.curate.minhash import band_keys, signatures
 from smolray.curate.text import exact_key, fold
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from smolray.curate.config import MinHashDedup
 
 # Rows one shuffle group should hold at most: 8M rows of (uint64, int64) are 128 MB.

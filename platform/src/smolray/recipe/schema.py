@@ -256,6 +256,11 @@ class EngineConfig(_Strict):
     # the run after this many restarts; node drains (preemptions) are not
     # counted against it.
     max_failures: int = Field(default=5, ge=-1)
+    # How often Ray Train's controller polls the workers (seconds). Ray Train
+    # holds one report per worker until the next poll, so a logged step waits
+    # up to this long, and a dead worker is noticed within it. Ray's own 2 s
+    # would stretch every logged step shorter than that to 2 s.
+    poll_s: float = Field(default=0.25, gt=0, le=10)
     # The node role (a custom resource, cluster.yaml's train_node) every
     # training worker requests. null: any node with the CPUs/GPUs (one machine).
     node_role: str | None = Field(default=None, pattern=_ROLE)

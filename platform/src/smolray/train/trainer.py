@@ -108,6 +108,8 @@ def torch_trainer(loop, cfg, recipe, callbacks: list | None = None) -> TorchTrai
     """
     t = recipe.train
     check_role(t.node_role, "train.node_role")
+    # Read by TorchTrainer.fit, which hands it to the controller it starts.
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(t.poll_s)
     env = {"DS_ACCELERATOR": "cuda" if t.use_gpu else "cpu",
            # Each worker gets its share of cores; more threads only contend.
            "OMP_NUM_THREADS": str(max(1, int(t.cpus_per_worker)))}
