@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -27,18 +28,18 @@ QUEUE = {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 2, "ma
          "max_queued_requests": 2}
 
 
-@pytest.fixture(scope="module")
-def endpoint(head, init_model, tmp_path_factory):
-    """serving/tiny-cpu.yaml pointed at the fixture's tiny Llama, run against the session's head."""
+@contextlib.contextmanager
+def serve_run(head, model: str, tmp, replicas: dict):
+    """`serve run serving/tiny-cpu.yaml` against the session's head, with `model`
+    as the one model and `replicas` as its replica settings; yields the URL."""
     from smolray.cluster import _free_port
 
-    tmp = tmp_path_factory.mktemp("serve")
     cfg = yaml.safe_load((ROOT / "serving" / "tiny-cpu.yaml").read_text())
     port = _free_port()
     cfg["http_options"]["port"] = port
     app = cfg["applications"][0]
-    app["args"]["models"][0]["source"] = init_model
-    app["args"]["models"][0]["replicas"] = QUEUE
+    app["args"]["models"][0]["source"] = model
+    app["args"]["models"][0]["replicas"] = replicas
     # The key reaches the cluster the way docs/serving.md tells `serve deploy`
     # users: a 0600 file on the head, named in the config.
     key_file = tmp / "api_key"
@@ -59,7 +60,7 @@ def endpoint(head, init_model, tmp_path_factory):
         assert time.monotonic() < deadline, "the app did not come up:\n" + (tmp / "serve.log").read_text()[-4000:]
         try:
             # /v1/models answers from the config as soon as the ingress is up;
-            # a one-token completion proves the engine is loaded too.
+            # a one-token completion proves an engine is loaded too.
             r = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
                            json={"model": MODEL, "prompt": "hi", "max_tokens": 1})
             if r.status_code == 200:
@@ -67,16 +68,25 @@ def endpoint(head, init_model, tmp_path_factory):
         except httpx.HTTPError:
             pass
         time.sleep(2)
-    yield url
-    # Ctrl-C on `serve run` deletes the app and frees its CPUs for later tests.
-    os.killpg(proc.pid, signal.SIGINT)
     try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    subprocess.run([serve, "shutdown", "-y", f"--address={head.dashboard_url}"], env=head.env,
-                   capture_output=True, timeout=120)
-    log.close()
+        yield url
+    finally:
+        # Ctrl-C on `serve run` deletes the app and frees its CPUs for later tests.
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run([serve, "shutdown", "-y", f"--address={head.dashboard_url}"], env=head.env,
+                       capture_output=True, timeout=120)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def endpoint(head, init_model, tmp_path_factory):
+    """serving/tiny-cpu.yaml pointed at the fixture's tiny Llama, one replica with a small queue."""
+    with serve_run(head, init_model, tmp_path_factory.mktemp("serve"), QUEUE) as url:
+        yield url
 
 
 @pytest.fixture
