@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import ray
 
@@ -240,13 +241,42 @@ class LocalHead:
                capture: bool = False, env_vars: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """`ray job submit --working-dir ... -- entrypoint`, waiting for it to end.
 
-        `env_vars` go to the job's driver and every worker it starts (its
-        runtime env), e.g. a bucket's endpoint and credentials.
+        Without `capture` the job's log streams here as it runs. With it, the
+        log comes back as stdout once the job ends (exit status 0 if it
+        succeeded, else 1, as the CLI's), found by polling the job's status:
+        the CLI's log tail closes seconds after the job ends (a one-line job:
+        done in 2.5 s, the CLI back after 7-15 s). `env_vars` go to the job's
+        driver and every worker it starts (its runtime env), e.g. a bucket's
+        endpoint and credentials.
         """
         runtime = [f"--runtime-env-json={json.dumps({'env_vars': env_vars})}"] if env_vars else []
         cmd = [self._ray, "job", "submit", f"--address={self.dashboard_url}",
-               f"--working-dir={working_dir}", *runtime, "--", *entrypoint]
-        return subprocess.run(cmd, env=self.env, timeout=timeout, capture_output=capture, text=True)
+               f"--working-dir={working_dir}", *runtime]
+        if not capture:
+            return subprocess.run([*cmd, "--", *entrypoint], env=self.env, timeout=timeout, text=True)
+        job_id = f"smolray-{secrets.token_hex(6)}"
+        cmd += ["--no-wait", f"--submission-id={job_id}", "--", *entrypoint]
+        sent = subprocess.run(cmd, env=self.env, timeout=timeout, capture_output=True, text=True)
+        if sent.returncode != 0:
+            return sent
+        deadline = time.monotonic() + timeout
+        while (job := self._api(f"/api/jobs/{job_id}"))["status"] not in ("SUCCEEDED", "FAILED", "STOPPED"):
+            if time.monotonic() > deadline:
+                self._api(f"/api/jobs/{job_id}/stop", method="POST")
+                raise subprocess.TimeoutExpired(cmd, timeout)
+            time.sleep(0.25)
+        logs = self._api(f"/api/jobs/{job_id}/logs")["logs"]
+        return subprocess.CompletedProcess(cmd, 0 if job["status"] == "SUCCEEDED" else 1, logs,
+                                           f"job {job_id} {job['status']}: {job.get('message') or ''}")
+
+    def _api(self, path: str, method: str = "GET") -> dict:
+        """The job server's REST API, with this head's token."""
+        with open(self.env["RAY_AUTH_TOKEN_PATH"]) as f:
+            token = f.read().strip()
+        req = urllib.request.Request(self.dashboard_url + path, method=method,
+                                     headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
