@@ -260,7 +260,13 @@ class LocalHead:
         if sent.returncode != 0:
             return sent
         deadline = time.monotonic() + timeout
-        while (job := self._api(f"/api/jobs/{job_id}"))["status"] not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        while True:
+            try:
+                job = self._api(f"/api/jobs/{job_id}")
+                if job["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+                    break
+            except OSError:  # a busy dashboard (urllib's errors are OSErrors): ask again
+                pass
             if time.monotonic() > deadline:
                 self._api(f"/api/jobs/{job_id}/stop", method="POST")
                 raise subprocess.TimeoutExpired(cmd, timeout)
