@@ -96,9 +96,10 @@ def test_failures_beyond_the_limit_end_the_job_with_one_message(ray_cluster, cor
     assert len(errors) == 1, err[-3000:]
     message = errors[0]
     registered = registered_step(out / "ray" / recipe.name)
-    # Which rank the killed process held is up to Ray; the other rank only lost its peer.
+    # Which rank the killed process held is up to Ray. The other rank is named
+    # only if its own error (a lost peer) reached the controller first.
     assert re.match(r"error: training failed \(no restart allowed, train\.max_failures=0\): worker rank\(s\) "
-                    r"\[[01]\] died \(the process was killed, ran out of memory, or its node was lost\); "
-                    r"1 other rank\(s\) then lost their peer", message), message
+                    r"\[[01]\] died \(the process was killed, ran out of memory, or its node was lost\)"
+                    r"(; 1 other rank\(s\) then lost their peer)?\. Nothing registered is lost", message), message
     assert f"step-{registered:08d} (step {registered})" in message
     assert f"Run the same command again to continue: python jobs/pretrain.py --config {TINY}" in message
