@@ -18,6 +18,7 @@ the machine can even reach the token check. `LocalHead.ports` lists them.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
 import secrets
@@ -275,12 +276,15 @@ class LocalHead:
         return subprocess.CompletedProcess(cmd, 0 if job["status"] == "SUCCEEDED" else 1, logs,
                                            f"job {job_id} {job['status']}: {job.get('message') or ''}")
 
+    @functools.cached_property
+    def _token(self) -> str:
+        with open(self.env["RAY_AUTH_TOKEN_PATH"]) as f:
+            return f.read().strip()
+
     def _api(self, path: str, method: str = "GET") -> dict:
         """The job server's REST API, with this head's token."""
-        with open(self.env["RAY_AUTH_TOKEN_PATH"]) as f:
-            token = f.read().strip()
         req = urllib.request.Request(self.dashboard_url + path, method=method,
-                                     headers={"Authorization": f"Bearer {token}"})
+                                     headers={"Authorization": f"Bearer {self._token}"})
         with urllib.request.urlopen(req, timeout=60) as r:
             return json.loads(r.read())
 
