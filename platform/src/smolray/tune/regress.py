@@ -54,9 +54,12 @@ def _resolve(kind: str, n: int, k: int) -> str:
     return kind
 
 
-def _solve(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
-    a = x.T @ x + ridge * np.eye(x.shape[1])
-    return np.linalg.solve(a, x.T @ y)
+def _solve(x: np.ndarray, y: np.ndarray, ridge: float, weights: np.ndarray | None = None) -> np.ndarray:
+    # Weighted least squares: a mixture's mean over more (or steadier)
+    # replicates pulls the fit harder (smolray.tune.noise.fit_weights).
+    wx = x if weights is None else x * weights[:, None]
+    a = wx.T @ x + ridge * np.eye(x.shape[1])
+    return np.linalg.solve(a, wx.T @ y)
 
 
 @dataclass(frozen=True)
@@ -87,25 +90,36 @@ def _check(w: np.ndarray, y: np.ndarray, names: list[str]) -> tuple[np.ndarray, 
     return w, y
 
 
-def fit(w: np.ndarray, y: np.ndarray, names: list[str], kind: str = "quadratic", ridge: float = 1e-4) -> Fit:
-    """Ridge least squares from weights to metric, in closed form."""
+def _weights(weights, n: int) -> np.ndarray | None:
+    if weights is None:
+        return None
+    v = np.asarray(weights, dtype=float).ravel()
+    if v.shape != (n,) or not np.all(np.isfinite(v)) or np.any(v <= 0):
+        raise ValueError(f"fit weights must be {n} finite positive numbers, got {v.tolist()}")
+    return v
+
+
+def fit(w: np.ndarray, y: np.ndarray, names: list[str], kind: str = "quadratic", ridge: float = 1e-4,
+        weights=None) -> Fit:
+    """Ridge least squares from weights to metric, in closed form (weighted per trial if given)."""
     w, y = _check(w, y, names)
     kind = _resolve(kind, *w.shape)
-    return Fit(kind=kind, coef=_solve(features(w, kind), y, ridge), names=list(names))
+    return Fit(kind=kind, coef=_solve(features(w, kind), y, ridge, _weights(weights, len(y))), names=list(names))
 
 
 def loo_predictions(
-    w: np.ndarray, y: np.ndarray, names: list[str], kind: str = "quadratic", ridge: float = 1e-4
+    w: np.ndarray, y: np.ndarray, names: list[str], kind: str = "quadratic", ridge: float = 1e-4, weights=None
 ) -> np.ndarray:
     """Each trial's metric as predicted by a fit on all the other trials."""
     w, y = _check(w, y, names)
+    weights = _weights(weights, len(y))
     # Decide the model on all trials, so every held-out fit is the same model
     # as the one being judged rather than flipping to linear at n - 1.
     x = features(w, _resolve(kind, *w.shape))
     out = np.empty_like(y)
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
-        out[i] = x[i] @ _solve(x[keep], y[keep], ridge)
+        out[i] = x[i] @ _solve(x[keep], y[keep], ridge, None if weights is None else weights[keep])
     return out
 
 
@@ -164,13 +178,14 @@ def recommend(
     kind: str = "quadratic",
     ridge: float = 1e-4,
     top_k: int = 100,
+    weights=None,
 ) -> Recommendation:
     """Fit on all trials, score the candidates, and recommend the mean of the top_k best."""
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
-    model = fit(w, y, names, kind=kind, ridge=ridge)
+    model = fit(w, y, names, kind=kind, ridge=ridge, weights=weights)
     w, y = _check(w, y, names)
     cand = np.asarray(candidates, dtype=float)
     if cand.ndim != 2 or cand.shape[1] != len(names) or cand.shape[0] == 0:
@@ -182,7 +197,7 @@ def recommend(
     # single best is usually a corner where the fit extrapolates most.
     best = _rounded(cand[order[:top_k]].mean(axis=0))
 
-    loo = loo_predictions(w, y, names, kind=model.kind, ridge=ridge)
+    loo = loo_predictions(w, y, names, kind=model.kind, ridge=ridge, weights=weights)
     resid = y - model.predict(w)
     total = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float(resid @ resid) / total if total > 0 else float("nan")
