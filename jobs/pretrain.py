@@ -52,8 +52,6 @@ def main() -> None:
     # Imported only now: torch, DeepSpeed and transformers take seconds, and
     # a bad recipe should fail before paying for them.
     from smolray.cluster import connect
-    from smolray.train.export import export_hf, publish
-    from smolray.train.summary import build_summary, format_summary, write_summary
     from smolray.train.trainer import build_trainer, fit, log_dir, output_dir
 
     # 2. Train (or resume) on the cluster.
@@ -65,7 +63,11 @@ def main() -> None:
               "Run the same command again to continue.")
         return
 
-    # 3. Export a Hugging Face model and report.
+    # 3. Export a Hugging Face model and report (transformers' model stack
+    # is imported only now: a stopped run never needs it).
+    from smolray.train.export import export_hf, publish
+    from smolray.train.summary import build_summary, format_summary, write_summary
+
     out = output_dir(recipe)
     with result.checkpoint.as_directory() as ckpt:
         export = export_hf(ckpt, recipe, out.rstrip("/") + "/export")

@@ -29,6 +29,13 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ["PATH"] = os.path.dirname(PY) + os.pathsep + os.environ.get("PATH", "")
 
 
+# Tests `make test` has no room for in its 30 minutes on 2 cores
+# (docs/testing.md): marked `long`, skipped unless SMOLRAY_LONG_TESTS=1,
+# which `make test-long` sets.
+LONG = [pytest.mark.long, pytest.mark.skipif(not os.environ.get("SMOLRAY_LONG_TESTS"),
+                                             reason="long: run by make test-long (SMOLRAY_LONG_TESTS=1)")]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_caches(tmp_path_factory):
     """Caches a run writes live in the run's temp dir, not the user's home."""
@@ -155,9 +162,12 @@ def head(tmp_path_factory):
     assert leftovers.strip() == ""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def multinode(ray_cluster):
     """A real multi-node cluster on this machine, with cluster.yaml's node roles.
+
+    Module-scoped: five idle nodes cost about 7% of a 2-core machine, which
+    the rest of the session should not pay.
 
     A head with no CPUs (it runs the drivers, as cluster.yaml's head does),
     two trainer nodes (`train_node`) and two CPU-only data nodes

@@ -12,18 +12,24 @@ from conftest import ROOT, SAMPLE, TINY, recipe_overrides
 
 
 @pytest.fixture(scope="module")
-def base_run(head, corpus, tmp_path_factory):
-    """8-step base run stopped at step 4, inside its stable phase (warmup 1, decay from step 6)."""
+def base_run(ray_cluster, corpus, tmp_path_factory):
+    """8-step base run stopped at step 4, inside its stable phase (warmup 1, decay from step 6).
+
+    Trained in this process (what `jobs/pretrain.py --stop-at-step 4` runs):
+    the ablation job below is the part under test.
+    """
+    from smolray.data.plan import build_plan
+    from smolray.recipe import load_recipe
+    from smolray.train.trainer import build_trainer
+
     out = tmp_path_factory.mktemp("anneal")
     sets = recipe_overrides(corpus["tokenizer"], corpus["root"], out / "base")
     sets += [f"data.sources.{n}.raw=[{SAMPLE / n}.jsonl]" for n in ("prose", "code", "math")]
     sets += ["train.num_workers=1", "train.total_tokens=32768", "checkpoint.every_steps=4",
              "run.log_every_steps=2", "schedule.warmup_steps=1", "eval.max_tokens=4096",
              "data.weights={prose: 0.6, code: 0.3, math: 0.1}"]
-    args = [a for s in sets for a in ("--set", s)]
-    res = head.submit(["python", "jobs/pretrain.py", "--config", str(TINY), *args, "--stop-at-step", "4"],
-                      working_dir=str(ROOT), timeout=600, capture=True)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    recipe = load_recipe(TINY, sets)
+    assert build_trainer(recipe, build_plan(recipe), stop_at_step=4).fit().metrics["step"] == 4
     return {"out": out, "sets": sets, "ckpt": out / "base" / "ray" / "tiny" / "step-00000004"}
 
 

@@ -1,8 +1,8 @@
 """Elastic training on the `multinode` cluster: shrink when a trainer node is lost, grow when one returns.
 
-Opt-in (SMOLRAY_ELASTIC_TEST=1): about two minutes on 2 cores, most of it
+A `long` test (`make test-long`): about two minutes on 2 cores, most of it
 Ray Train waiting out its 60 s worker-group start timeout after the loss,
-which `make test` has no room for yet (docs/testing.md, docs/reliability.md).
+which `make test` has no room for (docs/testing.md, docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -12,15 +12,13 @@ import subprocess
 import sys
 import time
 
-import pytest
 
-from conftest import ROOT, TINY, recipe_overrides, registered_step
+from conftest import LONG, ROOT, TINY, recipe_overrides, registered_step
 from test_multinode import DRIVER
 from test_resume import planned_log
 from test_train import sample_log
 
-pytestmark = pytest.mark.skipif(not os.environ.get("SMOLRAY_ELASTIC_TEST"),
-                                reason="opt-in: SMOLRAY_ELASTIC_TEST=1 (about 2 minutes)")
+pytestmark = LONG
 
 STEPS = 48
 

@@ -67,7 +67,7 @@ def serve_run(head, model: str, tmp, replicas: dict):
                 break
         except httpx.HTTPError:
             pass
-        time.sleep(2)
+        time.sleep(0.5)
     try:
         yield url
     finally:

@@ -1,4 +1,9 @@
-"""The endpoint under load, and under the loss of an engine: two replicas behind one `serve run`."""
+"""The endpoint under load, and under the loss of an engine: two replicas behind one `serve run`.
+
+A `long` test (`make test-long`): the second `serve run` and its two
+engines, the load and the replacement engine take about three minutes on
+2 cores, which `make test` has no room for (docs/testing.md).
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,11 @@ import httpx
 import pytest
 import yaml
 
-from conftest import PY
+from conftest import LONG, PY
 from test_serve import KEY, MODEL, serve_run
 
 openai = pytest.importorskip("openai")
+pytestmark = LONG
 
 # Two engines, each taking what the shipped config lets one take.
 FLEET = {"min_replicas": 2, "max_replicas": 2, "max_ongoing_requests": 64, "max_queued_requests": 64}

@@ -185,16 +185,13 @@ def test_duplicates_and_empty_generations_are_dropped_with_their_reason(tmp_path
     assert dropped[0]["duplicate_of"] == text_hash("a new document")
 
 
-def test_generated_rows_tokenize_into_a_source(synth_run, head, tokenizer_dir, tmp_path):
-    recipe = one_source_recipe(tokenizer_dir, "cosmo", synth_run["out"] / "data", tmp_path)
-    path = tmp_path / "cosmo.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    res = head.submit(["python", "jobs/tokenize.py", "--config", str(path)], working_dir=str(ROOT),
-                      timeout=600, capture=True)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    from smolray.data.shards import read_manifest
+def test_generated_rows_tokenize_into_a_source(synth_run, ray_cluster, tokenizer_dir, tmp_path):
+    # What jobs/tokenize.py runs, in this process (test_curate.py submits the job itself).
+    from smolray.data.tokenize import tokenize_recipe
+    from smolray.recipe import recipe_from_dict
 
-    m = read_manifest(str(tmp_path / "cosmo"))
+    recipe = recipe_from_dict(one_source_recipe(tokenizer_dir, "cosmo", synth_run["out"] / "data", tmp_path))
+    m = tokenize_recipe(recipe)["cosmo"]
     assert m.docs + m.skipped_empty + m.skipped_short == PROMPTS and m.tokens > 0
 
 

@@ -82,7 +82,7 @@ def sweep(head, corpus, tmp_path_factory):
                                                   {"prose": 0.1, "code": 0.8, "math": 0.1},
                                                   {"prose": 0.1, "code": 0.1, "math": 0.8}]},
            "baselines": {"uniform": {"prose": 1, "code": 1, "math": 1}},
-           "eval": {"target": {"code": 0.7, "prose": 0.3}, "every_steps": 2},
+           "eval": {"target": {"code": 0.7, "prose": 0.3}, "every_steps": 4},
            "scheduler": {"kind": "none"}, "resources": {"cpus_per_trial": 0.5, "max_concurrent": 2},
            "output_dir": str(out)}
     path = out / "e2e.yaml"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import ray.train
@@ -14,34 +13,17 @@ import torch.distributed as dist
 
 from smolray.data.plan import DataPlan
 from smolray.data.stream import RankSlice, build_dataset, rank_slice
-from smolray.eval.loss import Windows
 from smolray.model import attention, build_model, set_rope_theta
 from smolray.model.loss import DESCRIPTIONS, choose, lm_loss, use_loss_head
 from smolray.recipe import Recipe
 from smolray.recipe.timeline import Stage
 from smolray.train.checkpoint import TrainerState, load_engine, save_checkpoint, verify
 from smolray.train.engine import build_engine
+from smolray.train.loop_config import LoopConfig
 from smolray.train.flops import device_name, flops_per_token, peak_tflops, utilization
 from smolray.train.recovery import changed_stages
 from smolray.train.schedule import from_recipe
 from smolray.train.validate import validate
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    """Everything a worker needs; the `train_loop_config` of the TorchTrainer."""
-
-    recipe: Recipe
-    plan: DataPlan
-    log_dir: str  # rank 0's metrics.jsonl and TensorBoard events
-    bos_id: int
-    eos_id: int
-    # Stop cleanly after this step (with a checkpoint); a rerun continues.
-    stop_at_step: int | None = None
-    # If set, every rank appends the identity of each sequence it trains on.
-    sample_log: str | None = None
-    # Held-out windows per source, scored every recipe.eval.every_steps.
-    heldout: dict[str, Windows] = field(default_factory=dict)
 
 
 def train_loop(cfg: LoopConfig) -> None:

@@ -21,7 +21,7 @@ from smolray.cluster import check_role, role_resources
 from smolray.data.plan import DataPlan
 from smolray.recipe import Recipe
 from smolray.tokenizer import load_tokenizer
-from smolray.train.loop import LoopConfig, train_loop
+from smolray.train.loop_config import LoopConfig
 from smolray.train.recovery import (TrainingFailed, changed_stages, failure_message, latest_registered,
                                     read_state, storage_path)
 from smolray.train.validate import load_heldout
@@ -72,7 +72,15 @@ def build_trainer(recipe: Recipe, plan: DataPlan, stop_at_step: int | None = Non
     cfg = LoopConfig(recipe=recipe, plan=plan, log_dir=log_dir(recipe), bos_id=tok.bos_token_id,
                      eos_id=tok.eos_token_id, stop_at_step=stop_at_step, sample_log=sample_log,
                      heldout=heldout)
-    return torch_trainer(train_loop, cfg, recipe, callbacks)
+    return torch_trainer(_train_loop, cfg, recipe, callbacks)
+
+
+def _train_loop(cfg: LoopConfig) -> None:
+    # Imported on the worker, not the driver: the loop brings transformers'
+    # model stack and DeepSpeed, seconds of start-up a driver never uses.
+    from smolray.train.loop import train_loop
+
+    train_loop(cfg)
 
 
 def check_resume(recipe: Recipe, plan: DataPlan) -> None:
