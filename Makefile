@@ -45,7 +45,7 @@ test: install
 	$(PY) -m pytest tests
 
 # The tests over make test's budget (elastic resizing, the endpoint under
-# load and replica loss): about 5 minutes more on 2 cores.
+# load and replica loss): about 6 minutes more on 2 cores.
 test-long: install
 	SMOLRAY_LONG_TESTS=1 $(PY) -m pytest tests -m long
 

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 
-
 from conftest import LONG, ROOT, TINY, recipe_overrides, registered_step
 from test_multinode import DRIVER
 from test_resume import planned_log

@@ -19,8 +19,8 @@ from smolray.recipe import Recipe
 from smolray.recipe.timeline import Stage
 from smolray.train.checkpoint import TrainerState, load_engine, save_checkpoint, verify
 from smolray.train.engine import build_engine
-from smolray.train.loop_config import LoopConfig
 from smolray.train.flops import device_name, flops_per_token, peak_tflops, utilization
+from smolray.train.loop_config import LoopConfig
 from smolray.train.recovery import changed_stages
 from smolray.train.schedule import from_recipe
 from smolray.train.validate import validate
