@@ -67,3 +67,34 @@ def test_permutation_is_a_bijection(n):
     if n >= 1000:
         assert not np.array_equal(p, idx)
         assert not np.array_equal(p, permute(idx, n, key_for(7, 1, 1)))  # new epoch, new order
+
+
+def _draws_by_bisection(w, i):
+    out = []
+    for s in range(len(w)):
+        lo, hi = 0, i
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if mixture._rank(w, s, np.array([mid]))[0] >= i else (mid + 1, hi)
+        out.append(lo)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("shares", CASES + [[1.0], [0.999999, 1e-6]])
+def test_draws_before_window_agrees_with_bisection(shares):
+    # draws_before ranks a few draws around each source's share instead of
+    # bisecting; it must give the bisection's answer everywhere.
+    w = mixture.quantize(shares)
+    rng = np.random.default_rng(0)
+    for i in [0, 1, 2, 3, 17, 1000, *rng.integers(0, 10**12, 40).tolist()]:
+        assert np.array_equal(mixture.draws_before(w, int(i)), _draws_by_bisection(w, int(i))), i
+
+
+def test_one_permute_call_serves_many_sources_and_epochs():
+    rng = np.random.default_rng(1)
+    groups = [(n, key_for(5, s, e)) for s, n in enumerate((1, 2, 7, 1000, 2**20 + 3)) for e in (0, 3)]
+    idx = np.concatenate([rng.integers(0, n, 50) for n, _ in groups])
+    n = np.repeat([g[0] for g in groups], 50)
+    key = np.repeat(np.array([g[1] for g in groups], dtype=np.uint64), 50)
+    want = np.concatenate([permute(idx[j * 50:(j + 1) * 50], g[0], g[1]) for j, g in enumerate(groups)])
+    assert np.array_equal(permute(idx, n, key), want)

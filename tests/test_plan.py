@@ -38,6 +38,11 @@ def test_read_is_a_pure_function_of_the_index(make_recipe):
     part = plan.read(0, 150, 160)
     for key in ("tokens", "source", "epoch", "chunk", "doc", "offset"):
         assert np.array_equal(whole[key][50:60], part[key])
+    # Any rows in any order, in one batch (a stream task's rows of several steps).
+    idx = np.array([175, 101, 150, 151, 120, 179, 100])
+    rows = plan.read_rows(0, idx)
+    for key in ("index", "tokens", "source", "epoch", "chunk", "doc", "offset"):
+        assert np.array_equal(rows[key], whole[key][idx - 100]), key
 
 
 def test_one_epoch_visits_every_chunk_once_then_reshuffles(make_recipe):

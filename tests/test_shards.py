@@ -122,3 +122,21 @@ def test_a_failed_tokenization_leaves_a_source_that_says_not_tokenized(ray_clust
     b.write_text("".join(lines[40:60]))
     again = tokenize_source(both, tokenizer_dir, 1024, shard_tokens=20_000)
     assert again.docs == first.docs + 20 and read_manifest(shards) == again
+
+
+def test_batched_spans_equal_single_reads_across_shards(tmp_path):
+    # gather (the sampler's batched read) against read/locate, for every
+    # span start, including spans that cross one or two shard boundaries.
+    stream, _ = make_source(tmp_path)
+    r = SourceReader(str(tmp_path))
+    for count in (1, 4, 9):
+        pos = np.arange(0, len(stream) - count + 1)[::-1]  # out of order, as a shuffle gives them
+        out = np.full((len(pos) + 2, count), -1, dtype=np.int64)
+        rows = np.arange(len(pos)) + 2
+        doc, offset = r.gather(pos, count, out, rows)
+        for i, p in enumerate(pos):
+            assert np.array_equal(out[rows[i]], stream[p:p + count])
+            assert (doc[i], offset[i]) == r.locate(int(p))
+        assert (out[:2] == -1).all()
+    with pytest.raises(IndexError, match="outside 22 tokens"):
+        r.gather(np.array([20]), 3, np.empty((1, 3), np.int64), np.array([0]))

@@ -20,6 +20,9 @@ import numpy as np
 
 # Shares are quantized to integers summing to SCALE (resolution 1e-6).
 SCALE = 1_000_000
+# Draws of a source within any prefix are its exact share give or take one;
+# draws_before looks this far either side of the share before bisecting.
+_WINDOW = 4
 
 
 def quantize(shares: list[float]) -> np.ndarray:
@@ -57,7 +60,15 @@ def draws_before(w: np.ndarray, i: int) -> np.ndarray:
     """Number of sequences each source supplies among sequences [0, i)."""
     out = np.zeros(len(w), dtype=np.int64)
     for s in range(len(w)):
-        # Smallest k whose rank is >= i; ranks grow with k, so bisect.
+        # The answer is the smallest k whose rank is >= i. It lies within a
+        # few draws of the source's exact share of i, so rank a small window
+        # around that in one call; bisect only if it is not in the window.
+        near = int(i) * int(w[s]) // int(w.sum())
+        k = np.arange(max(near - _WINDOW, 0), min(near + _WINDOW, i) + 1, dtype=np.int64)
+        below = int((_rank(w, s, k) < i).sum())
+        if (k[0] == 0 or below > 0) and below < len(k):
+            out[s] = k[0] + below
+            continue
         lo, hi = 0, i
         while lo < hi:
             mid = (lo + hi) // 2

@@ -8,6 +8,8 @@ bijection that maps any chunk number to its shuffled place in O(1) memory.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 _ROUNDS = 4
@@ -23,6 +25,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+@functools.lru_cache(maxsize=4096)
 def key_for(*parts: int) -> int:
     """A 64-bit key from integers (seed, source index, epoch)."""
     h = np.uint64(0x9E3779B97F4A7C15)
@@ -32,25 +35,33 @@ def key_for(*parts: int) -> int:
     return int(h)
 
 
-def permute(idx: np.ndarray, n: int, key: int) -> np.ndarray:
-    """Image of each idx (all in [0, n)) under the permutation named by key."""
+def permute(idx: np.ndarray, n, key) -> np.ndarray:
+    """Image of each idx[i] in [0, n[i]) under the permutation named by key[i].
+
+    `n` and `key` are scalars or arrays aligned with `idx`: one call serves
+    the sequences of several sources and epochs, each under its own
+    permutation, so a batch pays the numpy overhead once.
+    """
     idx = np.asarray(idx, dtype=np.uint64)
-    if n <= 1:
-        return idx.astype(np.int64)
-    half = max(1, ((n - 1).bit_length() + 1) // 2)
-    mask = np.uint64((1 << half) - 1)
-    k = np.uint64(key)
+    n = np.broadcast_to(np.asarray(n, dtype=np.uint64), idx.shape)
+    k = np.broadcast_to(np.asarray(key, dtype=np.uint64), idx.shape)
+    # Each element's Feistel half width: half the bits of n - 1, rounded up,
+    # at least 1 (exact integers: a float log2 rounds above 2**53).
+    sizes, which = np.unique(n, return_inverse=True)
+    half = np.array([max(1, (max(int(v) - 1, 0).bit_length() + 1) // 2) for v in sizes],
+                    dtype=np.uint64)[which.reshape(n.shape)]
+    mask = (np.uint64(1) << half) - np.uint64(1)
     out = idx.copy()
-    todo = np.ones(len(out), dtype=bool)
+    todo = n > np.uint64(1)  # a permutation of one element is the identity
     with np.errstate(over="ignore"):
         while todo.any():
-            x = out[todo]
-            left, right = x >> np.uint64(half), x & mask
+            x, h, m, kk = out[todo], half[todo], mask[todo], k[todo]
+            left, right = x >> h, x & m
             for r in range(_ROUNDS):
-                f = _mix(right ^ (k + np.uint64(r) * np.uint64(0x632BE59BD9B4E019))) & mask
+                f = _mix(right ^ (kk + np.uint64(r) * np.uint64(0x632BE59BD9B4E019))) & m
                 left, right = right, left ^ f
-            x = (left << np.uint64(half)) | right
+            x = (left << h) | right
             out[todo] = x
             # Values that landed outside [0, n) walk again until they are inside.
-            todo[todo] = x >= np.uint64(n)
+            todo[todo] = x >= n[todo]
     return out.astype(np.int64)

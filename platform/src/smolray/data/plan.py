@@ -123,37 +123,50 @@ class DataPlan:
 
     def locate(self, k: int, start: int, stop: int) -> dict[str, np.ndarray]:
         """Where sequences [start, stop) of stage k come from, without reading tokens."""
+        return self.locate_rows(k, np.arange(start, stop, dtype=np.int64))
+
+    def locate_rows(self, k: int, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Where stage k's sequences `idx` (any stage-local numbers) come from."""
         sp = self.stages[k]
         L = sp.stage.seq_len
-        local, draw = mixture.interleave(np.asarray(sp.weights), start, stop)
+        idx = np.asarray(idx, dtype=np.int64)
+        lo = int(idx.min()) if len(idx) else 0
+        hi = int(idx.max()) + 1 if len(idx) else 0
+        # The interleave is computed over the whole span the rows lie in: a
+        # rank's rows of a few steps are a few runs close together.
+        local, draw = mixture.interleave(np.asarray(sp.weights), lo, hi)
+        local, draw = local[idx - lo], draw[idx - lo]
         src = np.asarray(sp.sources, dtype=np.int64)[local]
         draw = draw + np.asarray(sp.offsets, dtype=np.int64)[src]
         chunks = np.array([s.chunks(L) for s in self.sources], dtype=np.int64)
-        epoch = draw // np.maximum(chunks[src], 1)
-        chunk = np.empty_like(draw)
-        for s in np.unique(src):
-            for e in np.unique(epoch[src == s]):
-                sel = (src == s) & (epoch == e)
-                key = key_for(self.seed, int(s), int(e), L + 1)
-                chunk[sel] = permute(draw[sel] % chunks[s], int(chunks[s]), key)
-        return {"index": sp.first_sequence + np.arange(start, stop, dtype=np.int64),
-                "stage": np.full(stop - start, k, dtype=np.int64),
+        n = np.maximum(chunks[src], 1)
+        epoch = draw // n
+        # One shuffle per (source, epoch, chunk grid), all applied in one call.
+        pairs, which = np.unique(epoch * len(self.sources) + src, return_inverse=True)
+        keys = np.array([key_for(self.seed, int(p % len(self.sources)), int(p // len(self.sources)), L + 1)
+                         for p in pairs], dtype=np.uint64)
+        chunk = permute(draw % n, n, keys[which.reshape(-1)])
+        return {"index": sp.first_sequence + idx,
+                "stage": np.full(len(idx), k, dtype=np.int64),
                 "source": src, "epoch": epoch, "chunk": chunk}
 
     def read(self, k: int, start: int, stop: int) -> dict[str, np.ndarray]:
         """Tokens and identity (source, document, offset) of sequences [start, stop) of stage k."""
-        where = self.locate(k, start, stop)
+        return self.read_rows(k, np.arange(start, stop, dtype=np.int64))
+
+    def read_rows(self, k: int, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """`read` for stage k's sequences `idx`, in that order, in one batch."""
+        where = self.locate_rows(k, idx)
         span = self.stages[k].stage.seq_len + 1
-        n = stop - start
+        n = len(where["index"])
         tokens = np.empty((n, span), dtype=np.int64)
         doc = np.empty(n, dtype=np.int64)
         offset = np.empty(n, dtype=np.int64)
-        for row in range(n):
-            sp = self.sources[where["source"][row]]
+        for s in np.unique(where["source"]).tolist():
+            rows = np.flatnonzero(where["source"] == s)
+            sp = self.sources[s]
             reader = cached_reader(sp.uri, sp.manifest_json)
-            pos = int(where["chunk"][row]) * span
-            tokens[row] = reader.read(pos, span)
-            doc[row], offset[row] = reader.locate(pos)
+            doc[rows], offset[rows] = reader.gather(where["chunk"][rows] * span, span, tokens, rows)
         return {**where, "tokens": tokens, "doc": doc, "offset": offset}
 
 
