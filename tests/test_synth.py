@@ -256,3 +256,13 @@ def test_annotate_job_runs_the_rubric_through_the_engine(head, init_model, tmp_p
     assert m["planned"] == 6 and m["missing"] == 0
     assert m["rows"] + m["dropped"].get("no score", 0) == 6 and sum(m["scores"].values()) == m["rows"]
     assert "scores: 0:" in res.stdout
+
+
+def test_engine_is_kept_full_by_default():
+    # A batch leaves the engine only when all its rows finish, so the batches
+    # in flight must hold max_num_seqs rows and one batch more.
+    from smolray.synth.config import EngineSettings
+
+    assert EngineSettings(source="m").in_flight == 17  # 16 rows x 17 >= 256 + 16
+    assert EngineSettings(source="m", batch_size=32, max_num_seqs=1024).in_flight == 33
+    assert EngineSettings(source="m", max_concurrent_batches=2).in_flight == 2

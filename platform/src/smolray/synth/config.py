@@ -28,11 +28,27 @@ class EngineSettings(_Strict):
     kv_cache_mb: int = Field(default=256, gt=0)  # CPU only
     batch_size: int = Field(default=16, gt=0)  # rows per engine call
     concurrency: int = Field(default=1, gt=0)  # engine replicas (data parallel)
-    max_concurrent_batches: int = Field(default=8, gt=0)  # batches in flight per engine
+    # Sequences one engine decodes at once. ray.data.llm's engine starts with
+    # vLLM's scheduler default (128), vllm.LLM with 256 on CPU and on most
+    # GPUs (1024 on H100/H200-class cards: set that there).
+    max_num_seqs: int = Field(default=256, gt=0)
+    # Prompt tokens per engine step; null: vllm.LLM's default (4096 on CPU,
+    # 8192 on most GPUs, 16384 on H100/H200-class cards).
+    max_num_batched_tokens: int | None = Field(default=None, gt=0)
+    # Batches in flight per engine; null: enough to keep max_num_seqs busy
+    # (see `in_flight`). A batch leaves the engine only when all its rows are
+    # done, so fewer than max_num_seqs / batch_size starves it.
+    max_concurrent_batches: int | None = Field(default=None, gt=0)
     chat: bool = True  # apply the model's chat template (instruction models)
     # The node role (a custom resource, e.g. cluster.yaml's serve_node) each
     # engine books. null: any node (one machine).
     node_role: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @property
+    def in_flight(self) -> int:
+        """Batches in flight per engine: max_num_seqs rows, plus one batch to
+        take the place of the next one to finish."""
+        return self.max_concurrent_batches or -(-self.max_num_seqs // self.batch_size) + 1
 
 
 class Sampling(_Strict):

@@ -102,27 +102,33 @@ def check_same_run(cfg: SynthConfig, out: str, record: bool = True) -> None:
 
 
 def processor(cfg: SynthConfig):
-    """The ray.data.llm pipeline: chat template, tokenize, vLLM engine, detokenize."""
+    """The ray.data.llm pipeline: the chat template (chat models), then the vLLM engine."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     from smolray.serve.config import engine_bundles, engine_kwargs
 
     m, s = cfg.model, cfg.sampling
     engine = engine_kwargs(m.device, m.dtype, m.max_model_len, m.kv_cache_mb)
+    # The engine as vllm.LLM sizes it offline (ray.data.llm would start it
+    # with the scheduler's 128 sequences).
+    engine.update(max_num_seqs=m.max_num_seqs,
+                  max_num_batched_tokens=m.max_num_batched_tokens or (4096 if m.device == "cpu" else 8192))
     # On CPU the engine stage books one core instead of Ray Data's default GPU.
     bundles = engine_bundles(m.device, 1, m.node_role)
     extra = {"placement_group_config": bundles} if bundles else {}
     config = vLLMEngineProcessorConfig(
         model_source=m.source, engine_kwargs=engine, batch_size=m.batch_size, concurrency=m.concurrency,
-        max_concurrent_batches=m.max_concurrent_batches,
-        # The CPU stages batch like the engine: a larger default batch would
-        # gather many blocks into one task, and its rows would reach the
-        # driver (and disk) only when the whole task ended.
-        chat_template_stage={"enabled": m.chat, "batch_size": m.batch_size},
-        tokenize_stage={"batch_size": m.batch_size}, detokenize_stage={"batch_size": m.batch_size},
+        max_concurrent_batches=m.in_flight,
+        chat_template_stage={"enabled": m.chat},
+        # vLLM tokenizes the prompt and decodes the output inside the engine,
+        # as vllm.LLM does: separate stages would be two more actors per row
+        # competing for the cores the engine leaves free.
+        tokenize_stage=False, detokenize_stage=False, log_engine_metrics=False,
         should_continue_on_error=True, **extra)
+    # stream_interval: one output object per request at its end instead of one
+    # per generated token (vllm.LLM asks for final outputs only).
     params = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens,
-              "min_tokens": s.min_tokens}
+              "min_tokens": s.min_tokens, "stream_interval": s.max_tokens}
 
     def pre(row):
         # `instruction` survives the stages; the engine consumes `prompt`.
