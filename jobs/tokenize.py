@@ -3,8 +3,9 @@
     ray job submit --working-dir . -- python jobs/tokenize.py --config recipes/tiny.yaml
 
 Each source's raw files (parquet or jsonl, local or s3://...) become
-token shards plus a manifest in its `shards` directory. A source whose
-inputs and tokenizer are unchanged is skipped; --force redoes it.
+token shards plus a manifest in its `shards` directory, one task per file.
+A source whose inputs and tokenizer are unchanged is skipped, and a rerun
+after a crash tokenizes only the files not yet done; --force redoes it all.
 """
 
 import os

@@ -117,6 +117,14 @@ def corpus(ray_cluster, tokenizer_dir, tmp_path_factory):
     return {"tokenizer": tokenizer_dir, "root": root, "manifests": manifests}
 
 
+def heldout_texts(shards) -> list[str]:
+    """A source's held-out texts, from every held-out file its manifest lists, in order."""
+    from smolray.data.raw import iter_texts
+    from smolray.data.shards import heldout_uris
+
+    return list(iter_texts(heldout_uris(str(shards)), "text"))
+
+
 def one_source_recipe(tokenizer: str, name: str, raw: Path, tmp: Path) -> dict:
     """The tiny recipe as a dict, training on one source made from `raw` (shards and run under tmp)."""
     recipe = yaml.safe_load(TINY.read_text())

@@ -1,9 +1,10 @@
 """Ray Data workers killed inside a batch job: the job finishes, no row lost or repeated.
 
 Ray Data retries a task whose worker died (its tasks run with unlimited
-retries for system failures), and smolray's tokenizer writes shards in input
-order on the driver, so the result must be byte for byte the uninterrupted
-one: the session corpus, tokenized from the same file with the same settings.
+retries for system failures), and a retried tokenize task rewrites the same
+shard names from the start of its file, so the result must be byte for byte
+the uninterrupted one: the session corpus, tokenized from the same file with
+the same settings.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import signal
 import subprocess
 import threading
 import time
+
+import numpy as np
 
 from conftest import SAMPLE
 
@@ -33,6 +36,7 @@ def kill_tasks(pattern: str, stop: threading.Event, killed: list[int], most: int
 
 
 def test_tokenizing_survives_killed_data_workers(corpus, tmp_path):
+    from smolray.data.shards import SourceReader
     from smolray.data.tokenize import tokenize_source
     from smolray.recipe import SourceConfig, load_recipe
 
@@ -42,8 +46,8 @@ def test_tokenizing_survives_killed_data_workers(corpus, tmp_path):
     src = SourceConfig(**{**recipe.data.source("prose").model_dump(), "raw": [str(SAMPLE / "prose.jsonl")],
                           "shards": str(tmp_path / "prose")})
     stop, killed = threading.Event(), []
-    # The encode tasks' process title is ray::...MapBatches(_encode).
-    chaos = threading.Thread(target=kill_tasks, args=(r"^ray::.*_encode", stop, killed))
+    # The per-file tasks' process title is ray::MapBatches(tokenize_file).
+    chaos = threading.Thread(target=kill_tasks, args=(r"^ray::.*tokenize_file", stop, killed))
     chaos.start()
     try:
         got = tokenize_source(src, corpus["tokenizer"], recipe.model.vocab_size, recipe.data.shard_tokens)
@@ -55,3 +59,6 @@ def test_tokenizing_survives_killed_data_workers(corpus, tmp_path):
     assert (got.docs, got.tokens, got.heldout_docs, got.skipped_empty) == \
            (want.docs, want.tokens, want.heldout_docs, want.skipped_empty)
     assert [s.sha256 for s in got.shards] == [s.sha256 for s in want.shards]
+    a, b = SourceReader(str(tmp_path / "prose"), got), SourceReader(str(corpus["root"] / "prose"), want)
+    assert np.array_equal(a.read(0, a.tokens), b.read(0, b.tokens))
+    assert not list((tmp_path / "prose").glob("*.tmp"))  # a killed task's half-written files are gone

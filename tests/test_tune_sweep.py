@@ -9,11 +9,10 @@ import os
 import subprocess
 import time
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import PY, ROOT, SAMPLE, TINY, recipe_overrides, registered_step
+from conftest import PY, ROOT, SAMPLE, TINY, heldout_texts, recipe_overrides, registered_step
 
 
 def test_heldout_documents_never_reach_the_shards(corpus):
@@ -23,7 +22,7 @@ def test_heldout_documents_never_reach_the_shards(corpus):
     texts = list(iter_texts([str(SAMPLE / "code.jsonl")], "text"))
     want = [t for t in texts if held_out(t, 0.1)]
     m = corpus["manifests"]["code"]
-    got = pq.read_table(corpus["root"] / "code" / "heldout.parquet").column("text").to_pylist()
+    got = heldout_texts(corpus["root"] / "code")
     # Exactly the hashed tenth, in file order, and the shards hold every other document.
     assert got == want and 0 < len(want) < len(texts) // 4
     assert m.heldout_docs == len(want) and m.docs == len(texts) - len(want)
@@ -241,7 +240,7 @@ def test_in_loop_validation_equals_offline_eval_of_the_checkpoint(sweep, tok, tm
     recipe = load_recipe(row["recipe"])
     ckpt = sweep["dir"] / "trials" / "t01" / "ray" / "e2e-t01" / "step-00000008"
     model = AutoModelForCausalLM.from_pretrained(export_hf(str(ckpt), recipe, str(tmp_path / "export"))).eval()
-    texts = pq.read_table(recipe.data.source("code").shards + "/heldout.parquet").column("text").to_pylist()
+    texts = heldout_texts(recipe.data.source("code").shards)
     got = text_loss(model, tok, texts, recipe.data.seq_len, max_tokens=recipe.eval.max_tokens)
     assert float(row["val/code/loss"]) == pytest.approx(got["loss"], rel=1e-4)
     assert float(row["val/code/bpb"]) == pytest.approx(got["bpb"], rel=1e-4)

@@ -88,15 +88,21 @@ def iter_texts(files: list[str], text_field: str, max_bytes: int | None = None) 
     """Texts in file order, stopping after about max_bytes (for tokenizer training)."""
     seen = 0
     for path in files:
-        fs, p = filesystem(path)
-        ds = pads.dataset(p, filesystem=fs, format=file_format(path))
-        if text_field not in ds.schema.names:
-            raise RawDataError(f"{path}: no field {text_field!r} (has {ds.schema.names}); set text_field")
-        for batch in ds.to_batches(columns=[text_field]):
-            for text in batch.column(0).to_pylist():
+        for batch in text_batches(path, text_field):
+            for text in batch:
                 if not text:
                     continue
                 yield text
                 seen += len(text)
                 if max_bytes is not None and seen >= max_bytes:
                     return
+
+
+def text_batches(path: str, text_field: str) -> Iterator[list[str | None]]:
+    """The texts of one file in row order, a batch at a time, empty rows included."""
+    fs, p = filesystem(path)
+    ds = pads.dataset(p, filesystem=fs, format=file_format(path))
+    if text_field not in ds.schema.names:
+        raise RawDataError(f"{path}: no field {text_field!r} (has {ds.schema.names}); set text_field")
+    for batch in ds.to_batches(columns=[text_field]):
+        yield batch.column(0).to_pylist()

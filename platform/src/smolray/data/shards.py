@@ -1,10 +1,14 @@
 """Tokenized shards: the on-disk (or in-bucket) form of one source.
 
 A source directory holds
-  manifest.json            what follows, with counts and checksums
-  shard-00000.tokens       token ids, little-endian uint16 or uint32, flat
-  shard-00000.docs.npy     int64 start offset of each document in the shard
-and so on. Every document ends with EOS. Flat token files let the sampler
+  manifest.json               what follows, with counts and checksums
+  shard-00003-00001.tokens    token ids, little-endian uint16 or uint32, flat
+  shard-00003-00001.docs.npy  int64 start offset of each document in the shard
+  heldout-00003.parquet       raw text of the documents held out for validation
+  done-00003.json             what one input file produced (data/tokenize_file.py)
+for each input file (00003) and part of it (00001). Every document ends
+with EOS. Sources tokenized before per-file shards have shard-00000 and one
+heldout.parquet; they read the same. Flat token files let the sampler
 read any span with one ranged read (`read_at`), which works the same on a
 local disk and on S3, so the mixer never downloads a whole shard.
 """
@@ -28,8 +32,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 MANIFEST = "manifest.json"
-# What write_shard names files (shard-00000), and nothing that could leave the dir.
+# What write_shard names files (shard-00003-00001), and nothing that could leave the dir.
 SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# The one held-out file of a manifest that predates heldout_files.
 HELDOUT = "heldout.parquet"
 FORMAT_VERSION = 1
 # Remote reads: requests in flight per reader, and the gap (in tokens) below
@@ -63,9 +68,11 @@ class Manifest:
     skipped_empty: int = 0
     skipped_short: int = 0  # documents under min_doc_tokens, left out
     min_doc_tokens: int = 0
-    # Documents set aside for validation (in heldout.parquet, not in shards).
+    # Documents set aside for validation (in heldout_files, not in shards).
     heldout_fraction: float = 0.0
     heldout_docs: int = 0
+    # Parquet files of held-out text in input order; see heldout_names.
+    heldout_files: list[str] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -93,12 +100,31 @@ class Manifest:
             raise ShardError(f"{where}: not a smolray manifest ({e}); re-run jobs/tokenize.py") from None
         # Shard files are joined to the source dir: a name with a path in it
         # ("../x", "/etc/x") would read outside it.
-        for s in m.shards:
-            if not isinstance(s.file, str) or not SHARD_NAME.fullmatch(s.file):
-                raise ShardError(f"{where}: shard file name {s.file!r} in {MANIFEST} is not a plain "
+        names = [("shard file", s.file) for s in m.shards] + [("held-out file", h) for h in m.heldout_files]
+        for kind, name in names:
+            if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+                raise ShardError(f"{where}: {kind} name {name!r} in {MANIFEST} is not a plain "
                                  "file name (letters, digits, '.', '_', '-'); the manifest was not "
                                  "written by jobs/tokenize.py: re-run it")
         return m
+
+
+def heldout_names(m: Manifest) -> list[str]:
+    """The held-out text files of a source, in input order."""
+    if m.heldout_fraction <= 0:
+        return []
+    # A manifest written before heldout_files kept them all in one file.
+    return list(m.heldout_files) or [HELDOUT]
+
+
+def heldout_uris(uri: str, manifest: Manifest | None = None) -> list[str]:
+    """The held-out text files of the source at `uri`, as URIs, in input order."""
+    return [join_uri(uri, name) for name in heldout_names(manifest or read_manifest(uri))]
+
+
+def shard_name(file: int, part: int) -> str:
+    """Shard `part` of input file `file`: names sort in the stream's order."""
+    return f"shard-{file:05d}-{part:05d}"
 
 
 def token_dtype(vocab_size: int) -> str:
@@ -161,30 +187,44 @@ def join(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
 
 
-def write_shard(fs: pafs.FileSystem, base: str, index: int, docs: list[np.ndarray], dtype: str) -> Shard:
-    """Write one shard from a list of token arrays (each already ending in EOS)."""
+def join_uri(uri: str, name: str) -> str:
+    """A file in the directory `uri`, keeping its query options (?endpoint_override=...)."""
+    base, sep, query = uri.partition("?")
+    return join(base, name) + sep + query
+
+
+def write_shard(fs: pafs.FileSystem, base: str, index: int | str, docs: list[np.ndarray],
+                dtype: str) -> Shard:
+    """Write one shard from a list of token arrays (each already ending in EOS).
+
+    `index` is a number (shard-00003) or a whole name (see shard_name).
+    """
     lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     tokens = np.concatenate(docs).astype(dtype, copy=False) if docs else np.zeros(0, dtype)
     data = tokens.astype(tokens.dtype.newbyteorder("<"), copy=False).tobytes()
-    name = f"shard-{index:05d}"
-    # Write to temporary names, then move: a crash never leaves a file that
-    # looks complete but is not.
+    name = index if isinstance(index, str) else f"shard-{index:05d}"
     buf = io.BytesIO()
     np.save(buf, starts)
     for suffix, payload in ((".tokens", data), (".docs.npy", buf.getvalue())):
-        tmp = join(base, name + suffix + ".tmp")
-        with fs.open_output_stream(tmp) as f:
-            f.write(payload)
-        fs.move(tmp, join(base, name + suffix))
+        put(fs, join(base, name + suffix), payload)
     return Shard(file=name, docs=len(docs), tokens=len(tokens), sha256=hashlib.sha256(data).hexdigest())
 
 
-def write_manifest(fs: pafs.FileSystem, base: str, manifest: Manifest) -> None:
-    tmp = join(base, MANIFEST + ".tmp")
+def put(fs: pafs.FileSystem, path: str, payload: bytes) -> None:
+    """Write a whole file under a temporary name, then move it into place.
+
+    A crash never leaves a file that looks complete but is not, and a retried
+    task that writes the same name again replaces it whole.
+    """
+    tmp = path + ".tmp"
     with fs.open_output_stream(tmp) as f:
-        f.write(manifest.to_json().encode())
-    fs.move(tmp, join(base, MANIFEST))
+        f.write(payload)
+    fs.move(tmp, path)
+
+
+def write_manifest(fs: pafs.FileSystem, base: str, manifest: Manifest) -> None:
+    put(fs, join(base, MANIFEST), manifest.to_json().encode())
 
 
 def read_manifest(uri: str) -> Manifest:

@@ -1,57 +1,38 @@
-"""Raw documents -> tokenized shards, as a Ray Data pipeline.
+"""Raw documents -> tokenized shards, one Ray Data task per input file.
 
-Reading and tokenizing run as Ray Data tasks spread over the cluster; the
-driver consumes the stream in input order and cuts it into shards, so the
-document order in a source is the order of its input files and rows, the
-same on every run.
+Each task (data/tokenize_file.py) reads its file, holds documents out by a
+hash of their text, tokenizes the rest and writes the file's shards
+(shard-<file>-<part>), its held-out text (heldout-<file>.parquet) and last a
+done record (done-<file>.json); it hands back only that record. The driver
+lays the records out in file order and writes the manifest, so the token
+stream is the source's documents in the order of its input files and rows,
+the same on every run, and no token or text passes through the driver.
+
+A rerun reuses the done record of every file whose identity and settings
+are unchanged and runs tasks for the others only: a crash costs the files
+that were in flight, and appending a file tokenizes that file alone.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
 
 from smolray.cluster import check_role, role_args
-from smolray.data.raw import expand, file_format, identities
-from smolray.data.shards import (HELDOUT, MANIFEST, Manifest, ShardError, filesystem, join,
-                                 read_manifest, token_dtype, write_manifest, write_shard)
+from smolray.data.raw import RawDataError, expand, identities
+from smolray.data.shards import (MANIFEST, Manifest, ShardError, filesystem, join, read_manifest,
+                                 token_dtype, write_manifest)
+from smolray.data.tokenize_file import FileDone, Settings, done_name, held_out, tokenize_file
 from smolray.recipe import Recipe, SourceConfig
 from smolray.tokenizer import cached_tokenizer, fingerprint
 
+__all__ = ["held_out", "tokenize_recipe", "tokenize_source"]
+
 log = logging.getLogger(__name__)
-
-
-def held_out(text: str, fraction: float) -> bool:
-    """Whether a document is set aside for validation: a hash of its text.
-
-    Hashing the text rather than drawing by position keeps the split stable
-    when files are reordered or appended, and puts exact duplicates on the
-    same side, so no validation document is also trained on.
-    """
-    if fraction <= 0:
-        return False
-    h = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
-    return h < fraction * 2**64
-
-
-def _encode(batch: dict[str, np.ndarray], tokenizer: str, text_field: str,
-            heldout_fraction: float) -> dict[str, list]:
-    tok = cached_tokenizer(tokenizer)
-    texts = [t or "" for t in batch[text_field].tolist()]
-    held = [bool(t) and held_out(t, heldout_fraction) for t in texts]
-    # Held-out documents go back as text (validation scores bits per byte);
-    # only trained ones are tokenized here.
-    ids = tok([t if not h else "" for t, h in zip(texts, held)], add_special_tokens=False,
-              verbose=False)["input_ids"]
-    # An empty text stays an empty row so the driver can count it.
-    return {"ids": [np.asarray(x + [tok.eos_token_id] if x else [], dtype=np.int32) for x in ids],
-            "held": [t if h else "" for t, h in zip(texts, held)]}
 
 
 def tokenize_source(src: SourceConfig, tokenizer: str, vocab_size: int,
@@ -75,79 +56,90 @@ def tokenize_source(src: SourceConfig, tokenizer: str, vocab_size: int,
     if fs.get_file_info(join(base, MANIFEST)).type != pafs.FileType.NotFound:
         fs.delete_file(join(base, MANIFEST))
 
-    by_format: dict[str, list[str]] = {}
-    for f in files:
-        by_format.setdefault(file_format(f), []).append(f)
-    parts = []
-    for fmt, group in by_format.items():
-        # Resolve the filesystem ourselves: the same rules (and fsspec
-        # schemes such as hf://) as every other smolray read.
-        read_fs = filesystem(group[0])[0]
-        paths = [filesystem(f)[1] for f in group]
+    settings = Settings(tokenizer=fp, text_field=src.text_field, dtype=token_dtype(vocab_size),
+                        shard_tokens=shard_tokens, min_doc_tokens=src.min_doc_tokens,
+                        heldout_fraction=src.heldout_fraction)
+    done = {} if force else _reusable(fs, base, inputs, settings)
+    todo = [i for i in range(len(files)) if i not in done]
+    log.info("%s: tokenizing %d of %d input files (%d done before)", src.name, len(todo), len(files),
+             len(done))
+    if todo:
         # Reads and encoding run on the data nodes (data.node_role), if set.
-        role = role_args(node_role)
-        if fmt == "parquet":
-            parts.append(ray.data.read_parquet(paths, filesystem=read_fs, columns=[src.text_field],
-                                               ray_remote_args=role))
-        else:
-            parts.append(ray.data.read_json(paths, filesystem=read_fs, ray_remote_args=role)
-                         .select_columns([src.text_field], **role))
-    ds = parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
-    ds.context.execution_options.preserve_order = True
-    ds = ds.map_batches(_encode, batch_size=256, batch_format="numpy",
-                        fn_kwargs={"tokenizer": str(tokenizer), "text_field": src.text_field,
-                                   "heldout_fraction": src.heldout_fraction}, **role)
+        # One block per file, so each file is its own task: retried alone
+        # if its worker dies, and spread over the cluster.
+        ds = ray.data.from_items([{"index": i, "path": files[i], "input": inputs[i]} for i in todo],
+                                 override_num_blocks=len(todo))
+        ds = ds.map_batches(tokenize_file, batch_size=1,
+                            fn_kwargs={"shards": src.shards, "tokenizer": str(tokenizer),
+                                       "settings": settings}, **role_args(node_role))
+        errors = []
+        for row in ds.iter_rows():
+            if row["error"]:
+                errors.append(row["error"])
+                continue
+            rec = FileDone.from_json(row["done"])
+            done[rec.index] = rec
+        if errors:
+            raise RawDataError(f"data.sources.{src.name}.text_field={src.text_field!r}: {errors[0]}"
+                               + (f" (and {len(errors) - 1} more files)" if len(errors) > 1 else ""))
+    records = [done[i] for i in range(len(files))]
 
-    dtype = token_dtype(vocab_size)
-    shards, pending, pending_tokens, skipped, short, held = [], [], 0, 0, 0, []
-    for batch in ds.iter_batches(batch_size=1024, batch_format="numpy"):
-        for ids, text in zip(batch["ids"], batch["held"]):
-            if text:
-                held.append(text)
-                continue
-            if len(ids) == 0:
-                skipped += 1
-                continue
-            if len(ids) < src.min_doc_tokens:
-                short += 1
-                continue
-            pending.append(ids)
-            pending_tokens += len(ids)
-            if pending_tokens >= shard_tokens:
-                shards.append(write_shard(fs, base, len(shards), pending, dtype))
-                pending, pending_tokens = [], 0
-    if pending:
-        shards.append(write_shard(fs, base, len(shards), pending, dtype))
-    _remove_stale(fs, base, keep={s.file for s in shards})
-    _write_heldout(fs, base, held, src)
+    shards = [s for r in records for s in r.shards]
+    held = [r.heldout_file for r in records if r.heldout_file]
+    keep = {done_name(r.index) for r in records} | set(held)
+    keep |= {s.file + suffix for s in shards for suffix in (".tokens", ".docs.npy")}
+    _remove_stale(fs, base, keep)
+    heldout_docs = sum(r.heldout_docs for r in records)
+    if src.heldout_fraction > 0 and not heldout_docs:
+        raise ShardError(f"data.sources.{src.name}.heldout_fraction={src.heldout_fraction} held out no "
+                         "documents (the source is too small); raise it or set it to 0")
     eos = cached_tokenizer(str(tokenizer)).eos_token_id
-    manifest = Manifest(source=src.name, dtype=dtype, eos_id=eos, tokenizer=fp,
-                        shards=shards, inputs=inputs, skipped_empty=skipped, skipped_short=short,
+    manifest = Manifest(source=src.name, dtype=settings.dtype, eos_id=eos, tokenizer=fp,
+                        shards=shards, inputs=inputs,
+                        skipped_empty=sum(r.skipped_empty for r in records),
+                        skipped_short=sum(r.skipped_short for r in records),
                         min_doc_tokens=src.min_doc_tokens, heldout_fraction=src.heldout_fraction,
-                        heldout_docs=len(held))
+                        heldout_docs=heldout_docs, heldout_files=held)
     write_manifest(fs, base, manifest)
     if manifest.docs == 0:
         raise ShardError(f"data.sources.{src.name}: no non-empty documents in {src.raw}")
     return manifest
 
 
-def _write_heldout(fs: pafs.FileSystem, base: str, texts: list[str], src: SourceConfig) -> None:
-    path = join(base, HELDOUT)
-    if src.heldout_fraction <= 0:
-        if fs.get_file_info(path).type != pafs.FileType.NotFound:
-            fs.delete_file(path)
-        return
-    if not texts:
-        raise ShardError(f"data.sources.{src.name}.heldout_fraction={src.heldout_fraction} held out no "
-                         "documents (the source is too small); raise it or set it to 0")
-    # The raw text, under the source's own text field, so jobs/eval.py --heldout reads it as is.
-    pq.write_table(pa.table({src.text_field: texts}), path, filesystem=fs)
+def _reusable(fs: pafs.FileSystem, base: str, inputs: list[str], settings: Settings) -> dict[int, FileDone]:
+    """Done records of a previous run that still hold: same file, same settings, files all there."""
+    found = {i.base_name: i for i in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))}
+
+    def read(index: int) -> FileDone | None:
+        if done_name(index) not in found:
+            return None
+        try:
+            with fs.open_input_stream(join(base, done_name(index))) as f:
+                return FileDone.from_json(f.read().decode())
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def whole(r: FileDone | None, index: int) -> bool:
+        if r is None or (r.index, r.input, r.settings) != (index, inputs[index], settings):
+            return False
+        # Someone may have removed or cut a shard since: then the file is redone.
+        width = np.dtype(settings.dtype).itemsize
+        sizes = {s.file + ".tokens": s.tokens * width for s in r.shards}
+        return (all(name in found and found[name].size == size for name, size in sizes.items())
+                and all(s.file + ".docs.npy" in found for s in r.shards)
+                and (r.heldout_file is None or r.heldout_file in found))
+
+    # Records are small; reading them a few at a time hides a bucket's latency.
+    with ThreadPoolExecutor(8) as pool:
+        records = list(pool.map(read, range(len(inputs))))
+    return {i: r for i, r in enumerate(records) if whole(r, i)}
 
 
 def _remove_stale(fs: pafs.FileSystem, base: str, keep: set[str]) -> None:
+    """Files of an earlier layout or run that the new manifest does not list."""
     for info in fs.get_file_info(pafs.FileSelector(base)):
         name = info.base_name
-        if name.startswith("shard-") and name.split(".")[0] not in keep:
+        if name.startswith(("shard-", "heldout", "done-")) and name not in keep:
             fs.delete_file(info.path)
 
 

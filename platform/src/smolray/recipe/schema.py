@@ -85,7 +85,7 @@ class SourceConfig(_Strict):
     min_doc_tokens: int = Field(default=0, ge=0)
     # Documents set aside at tokenization for validation: chosen by a hash of
     # their text (so duplicates land on the same side), written as raw text to
-    # <shards>/heldout.parquet and never put in a shard the plan can draw.
+    # <shards>/heldout-*.parquet and never put in a shard the plan can draw.
     heldout_fraction: float = Field(default=0.0, ge=0, lt=1)
 
 

@@ -14,13 +14,14 @@ import torch.distributed as dist
 
 from smolray.data.plan import heldout_mismatch
 from smolray.data.raw import iter_texts
-from smolray.data.shards import HELDOUT, ShardError, join, read_manifest
+from smolray.data.shards import ShardError, heldout_uris, join_uri, read_manifest
 from smolray.eval.loss import Windows, mixture_loss, summarize, window_nll, windows
 from smolray.recipe import Recipe
 
 
 def heldout_uri(shards: str) -> str:
-    return join(shards, HELDOUT)
+    """One --heldout value for a source: a glob over its held-out files (jobs/eval.py expands it)."""
+    return join_uri(shards, "heldout*.parquet")
 
 
 def load_heldout(recipe: Recipe, tok) -> dict[str, Windows]:
@@ -35,7 +36,7 @@ def load_heldout(recipe: Recipe, tok) -> dict[str, Windows]:
         if (wrong := heldout_mismatch(src, m)):
             raise ShardError(wrong)
         # A byte bound keeps a large validation file from being read whole.
-        texts = iter_texts([heldout_uri(src.shards)], src.text_field, max_bytes=64 * recipe.eval.max_tokens)
+        texts = iter_texts(heldout_uris(src.shards, m), src.text_field, max_bytes=64 * recipe.eval.max_tokens)
         out[name] = windows(tok, texts, recipe.data.seq_len, recipe.eval.max_tokens)
     return out
 
