@@ -235,6 +235,9 @@ def test_bad_serve_args_fail_before_any_engine_starts(monkeypatch, tmp_path):
     monkeypatch.setenv("SMOLRAY_API_KEY", KEY)
     with pytest.raises(RecipeError, match=r"models\[0\].source='/nope': no such folder"):
         build_app({**args, "models": [{"id": "m", "source": "/nope"}]})
+    two = [{"id": "a", "source": "/nope"}, {"id": "b", "source": "/nope"}]
+    with pytest.raises(RecipeError, match="ingress=direct serves one model, and models lists 2; set ingress: router"):
+        build_app({**args, "ingress": "direct", "models": two})
     # A missing local export is never fetched from the hub as "outputs/export".
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RecipeError, match=r"source='outputs/export': no such folder .*write hf://outputs/export"):

@@ -1,11 +1,15 @@
-"""The OpenAI-compatible app: ray.serve.llm's ingress and vLLM servers, behind a key and limits.
+"""The OpenAI-compatible app: vLLM servers on Ray Serve, behind a key and limits.
 
 `build_app` is the import path a Serve config names
-(`import_path: smolray.serve.app:build_app`). It does what
-`ray.serve.llm.build_openai_app` does (one LLMServer deployment per model,
-one OpenAI ingress routing `/v1/*` by the request's `model`) with one
-addition: the ingress's FastAPI app runs `serve.guard.Guard` before any route,
-so a request without the key, or over a limit, gets a 4xx and never
+(`import_path: smolray.serve.app:build_app`). Two layouts (`ingress`):
+  router  (default) what `ray.serve.llm.build_openai_app` does (one
+          LLMServer deployment per model, one OpenAI ingress routing `/v1/*`
+          by the request's `model`) with the guard on the ingress: several
+          models behind one URL, two Ray hops per streamed token.
+  direct  each vLLM replica serves the API itself, behind
+          `serve.guard.Guard` (serve/server.py): one model, one hop, none
+          behind HAProxy.
+Either way a request without the key, or over a limit, gets a 4xx and never
 reaches an engine.
 """
 
@@ -27,6 +31,10 @@ def build_app(args: dict[str, Any]):
         configs = [llm_config(cfg, m, f"models[{i}]") for i, m in enumerate(cfg.models)]
     except ValueError as e:
         raise RecipeError(f"serve app args: {e}") from None
+    if cfg.ingress == "direct":
+        from smolray.serve.server import direct_app
+
+        return direct_app(configs[0], Digest(key), cfg.limits)
     return openai_app(configs, Digest(key), cfg.limits, cfg.ingress_cpus)
 
 

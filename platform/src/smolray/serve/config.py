@@ -81,8 +81,13 @@ class ServeConfig(_Strict):
     limits: Limits = Limits()
     kv_cache_mb: int = Field(default=256, gt=0)  # CPU only: vLLM's KV cache per engine
     cpus_per_replica: int = Field(default=1, gt=0)  # CPU only: cores the engine books
-    # The ingress only parses JSON and routes; a whole core for it would keep
-    # a 2-core machine from fitting an engine beside it.
+    # router: an ingress routes by `model` to any number of models (two Ray
+    # hops per streamed token). direct: each engine replica serves the API
+    # itself, one model, one hop, and no hop at all behind HAProxy
+    # (docs/serving.md: the fast path, and what HAProxy trades away).
+    ingress: Literal["router", "direct"] = "router"
+    # router only: the ingress parses JSON and routes; a whole core for it
+    # would keep a 2-core machine from fitting an engine beside it.
     ingress_cpus: float = Field(default=0.25, ge=0)
     # The node role (a custom resource, cluster.yaml's serve_node) every
     # engine books, so a replica never takes a GPU of a training node.
@@ -97,6 +102,14 @@ class ServeConfig(_Strict):
         if dup:
             raise ValueError(f"models: the id {dup[0]!r} appears twice; every model needs its own id")
         return models
+
+    @model_validator(mode="after")
+    def _one_model_direct(self):
+        if self.ingress == "direct" and len(self.models) > 1:
+            raise ValueError(f"ingress=direct serves one model, and models lists {len(self.models)}; "
+                             "set ingress: router to serve them behind one URL, or give each model "
+                             "its own application")
+        return self
 
 
 def resolve_source(source: str, field: str) -> str:
