@@ -102,6 +102,17 @@ def tokenize_file(batch: dict[str, np.ndarray], shards: str, tokenizer: str,
     return {"done": done, "error": errors}
 
 
+def _encode(tok, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    rust = getattr(tok, "backend_tokenizer", None)
+    if rust is not None:
+        # The Rust tokenizer directly: transformers' wrapper around it would
+        # also build attention masks nobody reads.
+        return [e.ids for e in rust.encode_batch(texts, add_special_tokens=False)]
+    return tok(texts, add_special_tokens=False, verbose=False)["input_ids"]  # a slow (Python) tokenizer
+
+
 def _one(index: int, path: str, ident: str, shards: str, tokenizer: str, s: Settings) -> FileDone:
     tok = cached_tokenizer(tokenizer)
     eos = tok.eos_token_id
@@ -122,7 +133,7 @@ def _one(index: int, path: str, ident: str, shards: str, tokenizer: str, s: Sett
                     held.append(t)
                 else:
                     kept.append(t)
-            ids = tok(kept, add_special_tokens=False, verbose=False)["input_ids"] if kept else []
+            ids = _encode(tok, kept)
             for x in ids:
                 if not x:
                     empty += 1
