@@ -3,17 +3,17 @@
     python bench/synth_throughput.py [--model DIR] [--prompts 64] [--output-tokens 128]
 
 The same --prompts prompts (the first --prompt-tokens tokens of the bundled
-sample prose), the same model, the same sampling (temperature 0.8, top_p
-0.95, exactly --output-tokens tokens each: min_tokens = max_tokens) through:
+sample's prose, then code and math passages), the same model, the same
+sampling (temperature 0.8, top_p 0.95, exactly --output-tokens tokens each:
+min_tokens = max_tokens) through:
   offline   vllm.LLM(...).generate(prompts), in a child process that exits
             before Ray starts, so the two engines never share the cores
-  ray-data  smolray.synth.run.processor: ray.data.llm's tokenize, vLLM
-            engine (one replica, one CPU bundle) and detokenize stages
+  ray-data  smolray.synth.run.processor: ray.data.llm's vLLM engine stage
+            (one replica, one CPU bundle), as the synth job builds it
 Reports generated tokens/s two ways: over generation alone (offline: the
-generate() call; ray-data: the first request's arrival at the engine to the
-last one's completion, from vLLM's arrival_time and Ray's time_taken_llm)
-and end to end, engine start included, which is what one batch job of this
-size costs. Without --model a tiny random Llama is built as in
+generate() call; ray-data: the engine core's clock from the first request
+it queued to the last token it produced) and end to end, engine start
+included, which is what one batch job of this size costs. Without --model a tiny random Llama is built as in
 bench/serve_throughput.py.
 """
 
@@ -39,13 +39,13 @@ def make_prompts(model: str, n: int, length: int) -> list[str]:
 
     tok = AutoTokenizer.from_pretrained(model)
     out = []
-    for text in iter_texts([str(SAMPLE / "prose.jsonl")], "text"):
+    for text in iter_texts([str(SAMPLE / f"{n}.jsonl") for n in ("prose", "code", "math")], "text"):
         ids = tok(text, add_special_tokens=False)["input_ids"]
         if len(ids) >= length:
             out.append(tok.decode(ids[:length]))
         if len(out) == n:
             return out
-    raise SystemExit(f"the sample prose has only {len(out)} texts of {length} tokens; lower --prompts")
+    raise SystemExit(f"the sample corpus has only {len(out)} texts of {length} tokens; lower --prompts")
 
 
 def offline(args) -> dict:
@@ -93,8 +93,10 @@ def ray_data(args, prompts: list[str]) -> dict:
         # place generation in time without the stages around the engine.
         def stamped(row):
             data = row[proc.DATA_COLUMN]
-            arrival = (data.get("metrics") or {}).get("arrival_time")
-            return {**inner(row), "llm_s": data.get("time_taken_llm", -1), "arrival": arrival}
+            m = data.get("metrics") or {}
+            return {**inner(row), "arrival": m.get("arrival_time"),
+                    # The engine core's own clock: queued, and the last token.
+                    "queued": m.get("queued_ts"), "last": m.get("last_token_ts")}
 
         proc.postprocess = stamped
         t0 = time.perf_counter()
@@ -105,12 +107,13 @@ def ray_data(args, prompts: list[str]) -> dict:
     # Failed rows skip smolray's postprocess and keep Ray's own error column.
     errors = [r.get("error") or r.get("__inference_error__") for r in out]
     errors = [e for e in errors if e]
-    timed = [r for r in out if r.get("llm_s", -1) >= 0 and r.get("arrival")]
+    timed = [r for r in out if r.get("queued") and r.get("last") and r.get("arrival")]
     if not timed:
         raise SystemExit(f"no row came back with engine timings; first error: {errors[:1]}")
     return {"tokens": sum(r.get("completion_tokens") or 0 for r in out), "rows": len(out),
             "errors": len(errors), "first_error": errors[0][:300] if errors else "",
-            "gen_s": max(r["arrival"] + r["llm_s"] for r in timed) - min(r["arrival"] for r in timed),
+            # From the first request the engine queued to the last token it made.
+            "gen_s": max(r["last"] for r in timed) - min(r["queued"] for r in timed),
             # Near 0 when every batch reached the engine at once, as generate() submits them.
             "arrival_spread_s": max(r["arrival"] for r in timed) - min(r["arrival"] for r in timed),
             "total_s": total}
