@@ -58,14 +58,16 @@ def main() -> None:
     fitted = fit_rows(cfg, rows, tokens)
 
     # 4. The recommended mixture, trained like any trial.
-    confirm = None
+    # With replicates, under each seed: its verdicts compare means with their errors.
+    confirm = []
     if fitted and cfg.recommend.confirm:
-        t = one_trial(cfg, "confirm", full_mixture(cfg, fitted[0].mixture), out)
-        write_trials(out, [t], record=False)
-        grid = run_trials(out, [t], "confirm", cfg.metric, cfg.mode)
-        confirm = trial_rows(sources, cfg.metric, [t], grid)[0]
+        mix = full_mixture(cfg, fitted[0].mixture)
+        ts = [one_trial(cfg, "confirm", mix, out, r) for r in range(cfg.replicates)]
+        write_trials(out, ts, record=False)
+        grid = run_trials(out, ts, "confirm", cfg.metric, cfg.mode)
+        confirm = trial_rows(sources, cfg.metric, ts, grid)
     summary = write_report(cfg, out, rows, fitted, confirm)
-    print(format_summary(cfg, rows + ([confirm] if confirm else []), summary))
+    print(format_summary(cfg, rows + confirm, summary))
     print(f"results in {out}: results.csv, metric.png, fit.png, recommendation.json")
 
 

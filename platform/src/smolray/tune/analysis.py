@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from smolray.tune.config import SweepConfig
+from smolray.tune.noise import Spread, compare, fit_weights, pooled_variance, spread
 from smolray.tune.regress import Recommendation, recommend
 from smolray.tune.report import finished, plot_fit, plot_metric, write_table
 from smolray.tune.space import prior
@@ -52,17 +53,53 @@ def _finished(cfg: SweepConfig, rows: list[dict]) -> list[dict]:
     return [r for r in rows if finished(r) and math.isfinite(float(r[cfg.metric]))]
 
 
+def by_mixture(cfg: SweepConfig, rows: list[dict]) -> dict[str, tuple[dict, Spread]]:
+    """Finished trials grouped by mixture: (a representative row, the metric's spread over its seeds)."""
+    groups: dict[str, list[dict]] = {}
+    for r in _finished(cfg, rows):
+        groups.setdefault(r.get("mixture") or r["trial"], []).append(r)
+    return {g: (rs[0], spread([float(r[cfg.metric]) for r in rs])) for g, rs in groups.items()}
+
+
 def fit_rows(cfg: SweepConfig, rows: list[dict], tokens: dict[str, int]) -> tuple[Recommendation, list[dict]] | None:
-    """The recommendation over finished trials, or None when fewer than 3 finished."""
-    done = _finished(cfg, rows)
-    if len(done) < 3:
+    """The recommendation over the finished mixtures' means, or None when fewer than 3 finished.
+
+    With replicates, each mean is weighted by how well its seeds agree
+    (noise.fit_weights), so a mixture whose seeds scatter pulls the fit less.
+    """
+    groups = by_mixture(cfg, rows)
+    if len(groups) < 3:
         return None
+    done = [{**row, cfg.metric: sp.mean} for row, sp in groups.values()]
     w = np.stack([searched(cfg, r) for r in done])
     y = np.array([float(r[cfg.metric]) for r in done])
+    spreads = [sp for _, sp in groups.values()]
+    weights = fit_weights(spreads) if any(sp.n > 1 for sp in spreads) else None
     rc = cfg.recommend
     rec = recommend(w, y, list(cfg.search), candidates(cfg, tokens, rc.candidates), mode=cfg.mode,
-                    kind=rc.model, top_k=min(rc.top_k, rc.candidates))
+                    kind=rc.model, top_k=min(rc.top_k, rc.candidates), weights=weights)
     return rec, done
+
+
+def verdicts(cfg: SweepConfig, rows: list[dict], confirm: list[dict]) -> list[str]:
+    """Whether the confirmed recommendation beats each baseline and the best mixture, in words."""
+    groups = by_mixture(cfg, rows)
+    got = spread([float(r[cfg.metric]) for r in confirm if finished(r)])
+    if not groups or got.n == 0:
+        return []
+    best = (min if cfg.mode == "min" else max)(groups, key=lambda g: groups[g][1].mean)
+    rivals = [g for g in cfg.baselines if g in groups] + ([best] if best not in cfg.baselines else [])
+    # Every mixture shares one seed noise: its pooled estimate is steadier
+    # than each pair's own two or three seeds (whose sample spread can come
+    # out several times too small by chance).
+    pooled = pooled_variance([got] + [sp for _, sp in groups.values()])
+
+    def steady(sp: Spread) -> Spread:
+        if not math.isfinite(pooled):
+            return sp
+        return Spread(sp.mean, math.sqrt(pooled), math.sqrt(pooled / sp.n), sp.n)
+
+    return [compare("recommended", steady(got), g, steady(groups[g][1]), cfg.mode).words() for g in rivals]
 
 
 def best_row(cfg: SweepConfig, rows: list[dict]) -> dict | None:
@@ -72,9 +109,12 @@ def best_row(cfg: SweepConfig, rows: list[dict]) -> dict | None:
     return (min if cfg.mode == "min" else max)(done, key=lambda r: float(r[cfg.metric]))
 
 
-def write_report(cfg: SweepConfig, out: str, rows: list[dict], fitted, confirm: dict | None) -> dict:
-    """results.csv, metric.png, fit.png and recommendation.json; returns the summary."""
-    write_table(rows + ([confirm] if confirm else []), os.path.join(out, "results.csv"))
+def write_report(cfg: SweepConfig, out: str, rows: list[dict], fitted, confirm: list[dict]) -> dict:
+    """results.csv, metric.png, fit.png and recommendation.json; returns the summary.
+
+    `confirm`: the recommended mixture's trials, one per replicate (or none).
+    """
+    write_table(rows + confirm, os.path.join(out, "results.csv"))
     best = best_row(cfg, rows)
     summary: dict = {"metric": cfg.metric, "mode": cfg.mode, "trials": len(rows),
                      "finished": sum(map(finished, rows)),
@@ -89,9 +129,13 @@ def write_report(cfg: SweepConfig, out: str, rows: list[dict], fitted, confirm: 
             # Leave-one-out: how well the fit ranks trials it did not see.
             "heldout_rank_corr": rec.rank_corr, "r2": rec.r2}
         value, label = rec.predicted, "recommended (predicted)"
-        if confirm and math.isfinite(float(confirm.get(cfg.metric, float("nan")))):
-            summary["recommended"]["confirmed"] = float(confirm[cfg.metric])
-            value, label = float(confirm[cfg.metric]), "recommended (confirmed)"
+        got = spread([float(r.get(cfg.metric, float("nan"))) for r in confirm if finished(r)])
+        if got.n:
+            summary["recommended"]["confirmed"] = got.mean
+            if got.n > 1:
+                summary["recommended"]["confirmed_sem"] = got.sem
+            summary["verdicts"] = verdicts(cfg, rows, confirm)
+            value, label = got.mean, "recommended (confirmed)"
         weights = summary["recommended"]["mixture"]
         highlight = {"weights": weights, "value": value, "label": label}
         plot_fit(np.array([float(r[cfg.metric]) for r in done]), np.array(rec.loo_predicted),
@@ -127,4 +171,5 @@ def format_summary(cfg: SweepConfig, rows: list[dict], summary: dict) -> str:
     if summary["best_trial"]:
         b = summary["best_trial"]
         lines.append(f"best trial: {b['trial']} {m} {b[m]:.4f}")
+    lines += summary.get("verdicts", [])
     return "\n".join(lines)

@@ -81,6 +81,11 @@ class SweepConfig(_Strict):
     # Named mixtures over the searched sources trained beside the space's
     # (e.g. uniform: {prose: 1, code: 1, math: 1}), as reference points.
     baselines: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # Trainings per mixture, each under its own seed (the recipe's seed + r:
+    # another initialisation and another data order). With 2 or more, results
+    # report each mixture's mean and standard error, and the recommendation
+    # says whether its lead is larger than the seed noise.
+    replicates: int = Field(default=1, ge=1)
     metric: str = "target_loss"
     mode: Literal["min", "max"] = "min"
     eval: EvalSpec = EvalSpec()

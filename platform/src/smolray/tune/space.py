@@ -60,12 +60,19 @@ def _sets(cfg: SweepConfig) -> list[str]:
     return sets
 
 
-def trial_recipe(cfg: SweepConfig, mixture: dict[str, float], name: str, output_dir: str) -> Recipe:
-    """The base recipe with the sweep's overrides, the budget and this mixture."""
+def trial_recipe(cfg: SweepConfig, mixture: dict[str, float], name: str, output_dir: str,
+                 replicate: int = 0) -> Recipe:
+    """The base recipe with the sweep's overrides, the budget and this mixture.
+
+    Replicate r trains under the base recipe's seed + r: the seed sets the
+    initialisation and the data plan's shuffles alike.
+    """
     sets = _sets(cfg) + [f"name={name}", f"train.total_tokens={cfg.budget_tokens}",
                          f"data.weights={_flow(mixture)}", f"run.output_dir={output_dir}"]
     cpus = cfg.resources.cpus_per_trial
     base = load_recipe(cfg.recipe, sets)
+    if replicate:
+        sets.append(f"seed={base.seed + replicate}")
     # The trial's CPUs are split over its workers (fractions let tiny trials share a core).
     sets.append(f"train.cpus_per_worker={cpus / base.train.num_workers!r}")
     return absolute(load_recipe(cfg.recipe, sets))

@@ -30,9 +30,14 @@ from smolray.tune.space import mixtures, trial_recipe
 
 @dataclass(frozen=True)
 class Trial:
-    id: str
+    id: str  # the mixture's id, then -s<r> for replicate r when the sweep has replicates
     mixture: dict[str, float]
     recipe: Recipe
+    group: str = ""  # the mixture's id, shared by its replicates
+
+    @property
+    def replicate(self) -> int:
+        return int(self.id.rsplit("-s", 1)[1]) if self.id != self.group else 0
 
     @property
     def recipe_path(self) -> str:
@@ -52,12 +57,14 @@ def plan_trials(cfg: SweepConfig, tokens: dict[str, int]) -> list[Trial]:
         total = sum(m.values())
         mix = {**cfg.fixed, **{s: free * m.get(s, 0.0) / total for s in cfg.search}}
         named.append((name, {s: w for s, w in mix.items() if w > 0}))
-    return [one_trial(cfg, tid, mix, out) for tid, mix in named]
+    return [one_trial(cfg, tid, mix, out, r) for tid, mix in named for r in range(cfg.replicates)]
 
 
-def one_trial(cfg: SweepConfig, tid: str, mixture: dict[str, float], out: str) -> Trial:
+def one_trial(cfg: SweepConfig, group: str, mixture: dict[str, float], out: str, replicate: int = 0) -> Trial:
+    """Replicate `replicate` of mixture `group` (plain `group` when the sweep has no replicates)."""
+    tid = group if cfg.replicates == 1 else f"{group}-s{replicate}"
     return Trial(tid, mixture, trial_recipe(cfg, mixture, f"{cfg.name}-{tid}",
-                                            os.path.join(out, "trials", tid)))
+                                            os.path.join(out, "trials", tid), replicate), group)
 
 
 def write_trials(out: str, trials: list[Trial], record: bool = True) -> None:
@@ -166,7 +173,8 @@ def trial_rows(sources: list[str], metric: str, trials: list[Trial], grid) -> li
     for res in grid:
         t = by_id[res.config["trial"]]
         last = res.metrics or {}
-        row = {"trial": t.id, **{f"weight/{s}": round(t.mixture.get(s, 0.0), 6) for s in sources}}
+        row = {"trial": t.id, "mixture": t.group or t.id, "seed": t.recipe.seed,
+               **{f"weight/{s}": round(t.mixture.get(s, 0.0), 6) for s in sources}}
         evals = _last_eval(res, metric)
         row[metric] = evals.get(metric, float("nan"))
         row.update({k: v for k, v in evals.items() if k.startswith(("val/", "target_")) and k not in row})
