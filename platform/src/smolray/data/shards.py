@@ -19,7 +19,6 @@ import functools
 import hashlib
 import io
 import json
-import mmap
 import re
 import threading
 import time
@@ -273,7 +272,9 @@ class SourceReader:
         if f is None:
             path = join(self.base, self.manifest.shards[shard].file + ".tokens")
             try:
-                f = self.fs.open_input_file(path)
+                # A local shard is memory-mapped once: ranged reads and the
+                # batched gather both slice that one mapping.
+                f = pa.memory_map(path) if self._local else self.fs.open_input_file(path)
             except (FileNotFoundError, OSError) as e:
                 raise ShardError(f"{path}: missing or unreadable ({e}); re-run jobs/tokenize.py") from None
             want = self.manifest.shards[shard].tokens * self.dtype.itemsize
@@ -336,11 +337,10 @@ class SourceReader:
     def _map(self, shard: int) -> np.ndarray:
         m = self._maps.get(shard)
         if m is None:
-            self._file(shard)  # the same size check and error as a ranged read
-            path = join(self.base, self.manifest.shards[shard].file + ".tokens")
-            with open(path, "rb") as f:  # the mapping outlives the file object
-                m = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=self.dtype)
-            self._maps[shard] = m
+            f = self._file(shard)  # mapped and checked against the manifest's size
+            f.seek(0)
+            # A view of the mapping, not a copy (pyarrow's read_buffer is zero-copy on a map).
+            m = self._maps[shard] = np.frombuffer(f.read_buffer(), dtype=self.dtype)
         return m
 
     def _fetch(self, shard: np.ndarray, local: np.ndarray, count: int, out: np.ndarray,
@@ -348,14 +348,14 @@ class SourceReader:
         """Remote spans as concurrent ranged reads, neighbours merged into one request."""
         size = self.dtype.itemsize
         order = np.lexsort((local, shard))
-        runs: list[tuple[int, int, int, list[int]]] = []  # shard, first token, end, span indices
+        runs: list[list] = []  # [shard, first token, end, span indices]
         for i in order:
             s, a = int(shard[i]), int(local[i])
             if runs and runs[-1][0] == s and a - runs[-1][2] <= _MERGE_GAP_TOKENS:
-                r = runs[-1]
-                runs[-1] = (s, r[1], max(r[2], a + count), r[3] + [int(i)])
+                runs[-1][2] = max(runs[-1][2], a + count)
+                runs[-1][3].append(int(i))
             else:
-                runs.append((s, a, a + count, [int(i)]))
+                runs.append([s, a, a + count, [int(i)]])
 
         def one(run):
             s, a, b, members = run
