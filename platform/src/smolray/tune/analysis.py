@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from smolray.tune.config import SweepConfig
-from smolray.tune.noise import Spread, compare, fit_weights, pooled_variance, spread
+from smolray.tune.noise import Spread, compare, fit_weights, pooled_variance, spearman_interval, spread
 from smolray.tune.regress import Recommendation, recommend
 from smolray.tune.report import finished, plot_fit, plot_metric, write_table
 from smolray.tune.space import prior
@@ -109,6 +109,17 @@ def best_row(cfg: SweepConfig, rows: list[dict]) -> dict | None:
     return (min if cfg.mode == "min" else max)(done, key=lambda r: float(r[cfg.metric]))
 
 
+def best_mixture(cfg: SweepConfig, rows: list[dict]) -> dict | None:
+    """The mixture with the best mean over its finished seeds, with its spread."""
+    groups = by_mixture(cfg, rows)
+    if not groups:
+        return None
+    name = (min if cfg.mode == "min" else max)(groups, key=lambda g: groups[g][1].mean)
+    row, sp = groups[name]
+    return {"mixture": name, "weights": _brief(cfg, row)["mixture"], cfg.metric: sp.mean, "std": sp.std,
+            "sem": sp.sem, "seeds": sp.n}
+
+
 def write_report(cfg: SweepConfig, out: str, rows: list[dict], fitted, confirm: list[dict]) -> dict:
     """results.csv, metric.png, fit.png and recommendation.json; returns the summary.
 
@@ -120,14 +131,20 @@ def write_report(cfg: SweepConfig, out: str, rows: list[dict], fitted, confirm: 
                      "finished": sum(map(finished, rows)),
                      "best_trial": _brief(cfg, best) if best else None,
                      "baselines": {r["trial"]: _brief(cfg, r) for r in rows if r["trial"] in cfg.baselines}}
+    if cfg.replicates > 1:
+        # With seeds, a single trial's luck is not a finding: the best mean is.
+        summary["best_mixture"] = best_mixture(cfg, rows)
     highlight = None
     if fitted:
         rec, done = fitted
+        actual = np.array([float(r[cfg.metric]) for r in done])
+        interval = spearman_interval(rec.loo_predicted, actual)
         summary["recommended"] = {
             "mixture": full_mixture(cfg, rec.mixture), "predicted": rec.predicted,
             "model": rec.kind, "fitted_on": rec.trials,
-            # Leave-one-out: how well the fit ranks trials it did not see.
-            "heldout_rank_corr": rec.rank_corr, "r2": rec.r2}
+            # Leave-one-out: how well the fit ranks mixtures it did not see,
+            # with a 90% bootstrap interval over the mixtures.
+            "heldout_rank_corr": rec.rank_corr, "heldout_rank_corr_90": list(interval), "r2": rec.r2}
         value, label = rec.predicted, "recommended (predicted)"
         got = spread([float(r.get(cfg.metric, float("nan"))) for r in confirm if finished(r)])
         if got.n:
@@ -137,9 +154,11 @@ def write_report(cfg: SweepConfig, out: str, rows: list[dict], fitted, confirm: 
             summary["verdicts"] = verdicts(cfg, rows, confirm)
             value, label = got.mean, "recommended (confirmed)"
         weights = summary["recommended"]["mixture"]
-        highlight = {"weights": weights, "value": value, "label": label}
-        plot_fit(np.array([float(r[cfg.metric]) for r in done]), np.array(rec.loo_predicted),
-                 os.path.join(out, "fit.png"), cfg.metric, rec.rank_corr)
+        highlight = {"weights": weights, "value": value, "label": label,
+                     "sem": got.sem if got.n > 1 else math.nan}
+        sems = np.array([by_mixture(cfg, rows)[r.get("mixture") or r["trial"]][1].sem for r in done])
+        plot_fit(actual, np.array(rec.loo_predicted), os.path.join(out, "fit.png"), cfg.metric, rec.rank_corr,
+                 actual_sem=sems, interval=interval)
     plot_metric(rows, list(cfg.search) + list(cfg.fixed), cfg.metric, os.path.join(out, "metric.png"),
                 cfg.mode, highlight, line=cfg.space.kind == "grid")
     with open(os.path.join(out, "recommendation.json"), "w") as f:
@@ -163,13 +182,18 @@ def format_summary(cfg: SweepConfig, rows: list[dict], summary: dict) -> str:
     if rec:
         mix = ", ".join(f"{s} {w:.3f}" for s, w in rec["mixture"].items())
         got = f", confirmed {rec['confirmed']:.4f}" if "confirmed" in rec else ""
+        lo, hi = rec["heldout_rank_corr_90"]
+        ci = f", 90% interval [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) else ""
         lines.append(f"recommended: {mix}: predicted {m} {rec['predicted']:.4f}{got} "
-                     f"({rec['model']} fit on {rec['fitted_on']} trials, held-out rank correlation "
-                     f"{rec['heldout_rank_corr']:.2f})")
+                     f"({rec['model']} fit on {rec['fitted_on']} mixtures, held-out rank correlation "
+                     f"{rec['heldout_rank_corr']:.2f}{ci})")
     else:
         lines.append("no recommendation: fewer than 3 trials finished")
     if summary["best_trial"]:
         b = summary["best_trial"]
         lines.append(f"best trial: {b['trial']} {m} {b[m]:.4f}")
+    if summary.get("best_mixture"):
+        b = summary["best_mixture"]
+        lines.append(f"best mixture: {b['mixture']} {m} {b[m]:.4f} +/- {b['sem']:.4f} (s.e., {b['seeds']} seeds)")
     lines += summary.get("verdicts", [])
     return "\n".join(lines)

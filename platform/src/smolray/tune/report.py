@@ -78,6 +78,27 @@ def metric_points(rows: list[dict], source: str, metric: str) -> dict[str, tuple
             for k, v in pts.items()}
 
 
+def mixture_points(rows: list[dict], source: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(share of `source`, mean, standard error, seeds) per mixture over its finished replicates.
+
+    Rows of one mixture share a "mixture" key (sweeps with replicates); a row
+    without one is its own mixture. The standard error is nan for a mixture
+    with one finished seed. Sorted by share.
+    """
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        x, y = _num(r.get(f"weight/{source}")), _num(r.get(metric))
+        if finished(r) and not (math.isnan(x) or math.isnan(y)):
+            groups.setdefault(str(r.get("mixture") or r.get("trial")), []).append((x, y))
+    pts = []
+    for members in groups.values():
+        ys = np.array([y for _, y in members])
+        sem = float(ys.std(ddof=1) / math.sqrt(ys.size)) if ys.size > 1 else math.nan
+        pts.append((members[0][0], float(ys.mean()), sem, ys.size))
+    pts.sort()
+    return tuple(np.array(c, dtype=float) for c in zip(*pts)) if pts else tuple(np.array([]) for _ in range(4))
+
+
 def plot_metric(
     rows: list[dict],
     sources: list[str],
@@ -90,10 +111,14 @@ def plot_metric(
     """One panel per source: the metric against that source's share, best trial marked.
 
     highlight, if given, is {"weights": {source: w}, "value": float, "label": str}
-    (usually the regression's recommendation) and is drawn as a star. With
+    and optionally "sem" (usually the regression's recommendation, confirmed
+    under several seeds) and is drawn as a star, with its error bar. With
     `line` (grid sweeps, whose trials lie on one line through the simplex),
     the finished trials are joined in order of the share. Trials stopped
-    early are drawn hollow: they were scored at an earlier step.
+    early are drawn hollow: they were scored at an earlier step. With
+    replicates (rows sharing a "mixture"), each mixture is drawn as its mean
+    with a bar of one standard error either side, its seeds as faint dots,
+    and the best marked is the best mean.
     """
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
@@ -102,28 +127,43 @@ def plot_metric(
     ys = np.array([_num(r.get(metric)) for r in rows], dtype=float)
     ok = ~np.isnan(ys)
     skipped = int((~ok).sum())
-    best = None
     done = ok & np.array([finished(r) for r in rows], dtype=bool)
-    if done.any():
-        masked = np.where(done, ys, np.inf if mode == "min" else -np.inf)
-        best = int(np.argmin(masked) if mode == "min" else np.argmax(masked))
+    # The best mixture: the best mean over its finished seeds (one seed: the best trial).
+    means: dict[str, list[float]] = {}
+    for r, y, d in zip(rows, ys, done):
+        if d:
+            means.setdefault(str(r.get("mixture") or r.get("trial")), []).append(float(y))
+    seeds = max((len(v) for v in means.values()), default=0)
+    pick = min if mode == "min" else max
+    best = pick(means, key=lambda g: float(np.mean(means[g]))) if means else None
+    best_row = next((r for r, d in zip(rows, done) if d and str(r.get("mixture") or r.get("trial")) == best), None)
 
     fig = Figure(figsize=(4 * len(sources), 3.5))
     axes = fig.subplots(1, len(sources), squeeze=False)[0]
     for ax, s in zip(axes, sources):
         pts = metric_points(rows, s, metric)
-        xs, ys_done = pts["finished"]
-        ax.scatter(xs, ys_done, color="tab:blue", s=24, label="trials")
+        if seeds > 1:
+            ax.scatter(*pts["finished"], color="tab:blue", s=10, alpha=0.3, label="seeds")
+            xs, ys_done, sem, n = mixture_points(rows, s, metric)
+            ax.errorbar(xs, ys_done, yerr=np.nan_to_num(sem), fmt="o", color="tab:blue", markersize=5,
+                        capsize=3, label=f"mixture mean +/- 1 s.e. ({int(n.max())} seeds)")
+        else:
+            xs, ys_done = pts["finished"]
+            ax.scatter(xs, ys_done, color="tab:blue", s=24, label="trials")
         if line and len(xs) > 1:
             ax.plot(xs, ys_done, color="tab:blue", alpha=0.5)
         if len(pts["early"][0]):
             ax.scatter(*pts["early"], facecolors="none", edgecolors="tab:gray", s=24,
                        label="stopped early (earlier step)")
-        x_best = _num(rows[best].get(f"weight/{s}")) if best is not None else math.nan
+        x_best = _num(best_row.get(f"weight/{s}")) if best_row is not None else math.nan
         if not math.isnan(x_best):
-            ax.scatter(x_best, ys[best], color="tab:red", s=60, zorder=3,
-                       label=f"best ({mode}): trial {rows[best].get('trial', best)}")
+            what = "mixture" if seeds > 1 else "trial"
+            ax.scatter(x_best, float(np.mean(means[best])), color="tab:red", s=60, zorder=3,
+                       label=f"best ({mode}): {what} {best}")
         if highlight is not None and s in highlight.get("weights", {}):
+            if math.isfinite(highlight.get("sem", math.nan)):
+                ax.errorbar(highlight["weights"][s], highlight["value"], yerr=highlight["sem"], color="black",
+                            capsize=3, zorder=3)
             ax.scatter(highlight["weights"][s], highlight["value"], marker="*", s=220,
                        color="gold", edgecolors="black", zorder=4,
                        label=highlight.get("label", "recommended"))
@@ -138,16 +178,26 @@ def plot_metric(
 
 
 def plot_fit(
-    actual: np.ndarray, predicted: np.ndarray, path: str, metric: str, rank_corr: float
+    actual: np.ndarray, predicted: np.ndarray, path: str, metric: str, rank_corr: float,
+    actual_sem: np.ndarray | None = None, interval: tuple[float, float] | None = None,
 ) -> None:
-    """Leave-one-out predictions against actual values, with the y = x line."""
+    """Leave-one-out predictions against actual values, with the y = x line.
+
+    With replicates, `actual` are mixture means and `actual_sem` their
+    standard errors (drawn as horizontal bars); `interval` is the rank
+    correlation's bootstrap interval, shown in the title.
+    """
     a = np.asarray(actual, dtype=float).ravel()
     p = np.asarray(predicted, dtype=float).ravel()
     if a.shape != p.shape:
         raise ValueError(f"{a.size} actual values but {p.size} predictions")
     fig = Figure(figsize=(4.5, 4))
     ax = fig.subplots()
-    ax.scatter(a, p, color="tab:blue", s=24)
+    if actual_sem is not None and np.isfinite(actual_sem).any():
+        ax.errorbar(a, p, xerr=np.nan_to_num(np.asarray(actual_sem, dtype=float)), fmt="o", color="tab:blue",
+                    markersize=5, capsize=3)
+    else:
+        ax.scatter(a, p, color="tab:blue", s=24)
     both = np.concatenate([a, p])
     both = both[np.isfinite(both)]
     if both.size:
@@ -157,7 +207,8 @@ def plot_fit(
         ax.legend(fontsize="small")
     ax.set_xlabel(f"actual {metric}")
     ax.set_ylabel(f"leave-one-out predicted {metric}")
-    ax.set_title(f"{metric}: held-out fit, Spearman {rank_corr:.3f}")
+    ci = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval and all(map(math.isfinite, interval)) else ""
+    ax.set_title(f"{metric}: held-out fit, Spearman {rank_corr:.3f}{ci}", fontsize="medium")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path)
