@@ -8,8 +8,10 @@ Trains one run of the sweep's base recipe per mixture at a fixed token
 budget, as many at once as the cluster and resources.max_concurrent allow,
 stops poor mixtures early (ASHA on the held-out target loss), fits the
 metric against the mixture weights, and trains the recommended mixture as
-a confirmation trial. Results land in <output_dir>/<name>/: results.csv,
-metric.png, fit.png and recommendation.json. Running the same command again
+a confirmation trial. With `transfer`, the best mixtures and the baselines
+are trained again at a larger proxy and the two rankings compared. Results
+land in <output_dir>/<name>/: results.csv, metric.png, fit.png,
+transfer.png and recommendation.json. Running the same command again
 resumes an interrupted sweep.
 """
 
@@ -36,12 +38,21 @@ def main() -> None:
         for t in plan_trials(cfg, tokens):
             mix = ", ".join(f"{s} {w:.3f}" for s, w in t.mixture.items())
             print(f"{t.id:<10} {t.recipe.total_steps} steps  {mix}")
+        if cfg.transfer:
+            from smolray.tune.space import trial_recipe
+
+            small = trial_recipe(cfg, base.data.weights, "proxy", cfg.output_dir)
+            big = trial_recipe(cfg, base.data.weights, "larger", cfg.output_dir, larger=True)
+            print(f"then the top {cfg.transfer.top_k} mixtures and the baselines x {cfg.replicates} seed(s) at "
+                  f"the larger proxy: {big.model.num_parameters:,} parameters, {big.total_steps} steps "
+                  f"(the proxy: {small.model.num_parameters:,}, {small.total_steps} steps)")
         return
 
     from smolray.cluster import connect
     from smolray.data.tokenize import tokenize_recipe
-    from smolray.tune.analysis import fit_rows, format_summary, full_mixture, write_report
-    from smolray.tune.sweep import one_trial, plan_trials, run_trials, sweep_dir, trial_rows, write_trials
+    from smolray.tune.analysis import fit_rows, format_summary, full_mixture, transfer_choice, write_report
+    from smolray.tune.sweep import (one_trial, plan_trials, run_trials, sweep_dir, transfer_trials, trial_rows,
+                                    write_trials)
 
     # 2. Shards (up-to-date sources are skipped) and the trials' recipes.
     connect()
@@ -66,9 +77,17 @@ def main() -> None:
         write_trials(out, ts, record=False)
         grid = run_trials(out, ts, "confirm", cfg.metric, cfg.mode)
         confirm = trial_rows(sources, cfg.metric, ts, grid)
-    summary = write_report(cfg, out, rows, fitted, confirm)
+    # 5. Rank transfer: the best mixtures and the baselines again, at the larger proxy.
+    larger = []
+    if cfg.transfer:
+        ts = transfer_trials(cfg, transfer_choice(cfg, rows), trials, out)
+        write_trials(out, ts, record=False)
+        grid = run_trials(out, ts, "transfer", cfg.metric, cfg.mode, cfg.resources.max_concurrent)
+        larger = trial_rows(sources, cfg.metric, ts, grid)
+    summary = write_report(cfg, out, rows, fitted, confirm, larger)
     print(format_summary(cfg, rows + confirm, summary))
-    print(f"results in {out}: results.csv, metric.png, fit.png, recommendation.json")
+    print(f"results in {out}: results.csv, metric.png, fit.png, {'transfer.png, ' if larger else ''}"
+          "recommendation.json")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import numpy as np
 
 from smolray.tune.config import SweepConfig
 from smolray.tune.noise import Spread, compare, fit_weights, pooled_variance, spearman_interval, spread
-from smolray.tune.regress import Recommendation, recommend
-from smolray.tune.report import finished, plot_fit, plot_metric, write_table
+from smolray.tune.regress import Recommendation, recommend, spearman
+from smolray.tune.report import finished, plot_fit, plot_metric, plot_transfer, write_table
 from smolray.tune.space import prior
 
 
@@ -102,6 +102,34 @@ def verdicts(cfg: SweepConfig, rows: list[dict], confirm: list[dict]) -> list[st
     return [compare("recommended", steady(got), g, steady(groups[g][1]), cfg.mode).words() for g in rivals]
 
 
+def transfer_choice(cfg: SweepConfig, rows: list[dict]) -> list[str]:
+    """The mixtures to retrain at the larger proxy: the top_k by mean, then the baselines."""
+    groups = by_mixture(cfg, rows)
+    ranked = sorted((g for g in groups if g not in cfg.baselines), key=lambda g: groups[g][1].mean,
+                    reverse=cfg.mode == "max")
+    return ranked[:cfg.transfer.top_k] + [g for g in cfg.baselines if g in groups]
+
+
+def rank_transfer(cfg: SweepConfig, rows: list[dict], larger: list[dict]) -> dict:
+    """How the mixtures the larger proxy trained rank at both scales: Spearman with its interval.
+
+    Each side is a mixture's mean over its finished seeds. With few mixtures
+    the interval is wide; it is reported as it is, since a proxy sweep's
+    whole premise is that this correlation is high.
+    """
+    small, big = by_mixture(cfg, rows), by_mixture(cfg, larger)
+    names = [g for g in big if g in small]
+    a = np.array([small[g][1].mean for g in names])
+    b = np.array([big[g][1].mean for g in names])
+    lo, hi = spearman_interval(a, b)
+    t = cfg.transfer
+    return {"larger": t.recipe or f"scale {t.scale:g} (width, depth, tokens)",
+            "mixtures": {g: {"proxy": small[g][1].mean, "proxy_sem": small[g][1].sem,
+                             "larger": big[g][1].mean, "larger_sem": big[g][1].sem, "seeds": big[g][1].n}
+                         for g in names},
+            "rank_corr": spearman(a, b) if len(names) > 1 else math.nan, "rank_corr_90": [lo, hi]}
+
+
 def best_row(cfg: SweepConfig, rows: list[dict]) -> dict | None:
     done = _finished(cfg, rows)
     if not done:
@@ -120,12 +148,15 @@ def best_mixture(cfg: SweepConfig, rows: list[dict]) -> dict | None:
             "sem": sp.sem, "seeds": sp.n}
 
 
-def write_report(cfg: SweepConfig, out: str, rows: list[dict], fitted, confirm: list[dict]) -> dict:
-    """results.csv, metric.png, fit.png and recommendation.json; returns the summary.
+def write_report(cfg: SweepConfig, out: str, rows: list[dict], fitted, confirm: list[dict],
+                 larger: list[dict] = ()) -> dict:
+    """results.csv, metric.png, fit.png (transfer.png) and recommendation.json; returns the summary.
 
     `confirm`: the recommended mixture's trials, one per replicate (or none).
+    `larger`: the transfer's trials at the larger proxy (or none).
     """
-    write_table(rows + confirm, os.path.join(out, "results.csv"))
+    larger = list(larger)
+    write_table(rows + confirm + larger, os.path.join(out, "results.csv"))
     best = best_row(cfg, rows)
     summary: dict = {"metric": cfg.metric, "mode": cfg.mode, "trials": len(rows),
                      "finished": sum(map(finished, rows)),
@@ -159,6 +190,11 @@ def write_report(cfg: SweepConfig, out: str, rows: list[dict], fitted, confirm: 
         sems = np.array([by_mixture(cfg, rows)[r.get("mixture") or r["trial"]][1].sem for r in done])
         plot_fit(actual, np.array(rec.loo_predicted), os.path.join(out, "fit.png"), cfg.metric, rec.rank_corr,
                  actual_sem=sems, interval=interval)
+    if larger:
+        tr = summary["transfer"] = rank_transfer(cfg, rows, larger)
+        m = tr["mixtures"]
+        plot_transfer([(g, v["proxy"], v["proxy_sem"], v["larger"], v["larger_sem"]) for g, v in m.items()],
+                      os.path.join(out, "transfer.png"), cfg.metric, tr["rank_corr"], tr["rank_corr_90"])
     plot_metric(rows, list(cfg.search) + list(cfg.fixed), cfg.metric, os.path.join(out, "metric.png"),
                 cfg.mode, highlight, line=cfg.space.kind == "grid")
     with open(os.path.join(out, "recommendation.json"), "w") as f:
@@ -196,4 +232,11 @@ def format_summary(cfg: SweepConfig, rows: list[dict], summary: dict) -> str:
         b = summary["best_mixture"]
         lines.append(f"best mixture: {b['mixture']} {m} {b[m]:.4f} +/- {b['sem']:.4f} (s.e., {b['seeds']} seeds)")
     lines += summary.get("verdicts", [])
+    tr = summary.get("transfer")
+    if tr:
+        lo, hi = tr["rank_corr_90"]
+        ci = f", 90% interval [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) else ""
+        order = lambda side: " < ".join(sorted(tr["mixtures"], key=lambda g: tr["mixtures"][g][side]))  # noqa: E731
+        lines.append(f"rank transfer to {tr['larger']}: Spearman {tr['rank_corr']:.2f}{ci} over "
+                     f"{len(tr['mixtures'])} mixtures; by {m}, proxy {order('proxy')}, larger {order('larger')}")
     return "\n".join(lines)

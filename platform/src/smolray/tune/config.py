@@ -64,6 +64,33 @@ class RecommendConfig(_Strict):
     confirm: bool = True  # train the recommended mixture as one more trial
 
 
+class TransferConfig(_Strict):
+    """Rank transfer: the top mixtures and the baselines trained again at a larger proxy.
+
+    Every proxy sweep assumes that mixtures rank the same at the proxy's
+    scale as at the target's. This checks it one step up: the `top_k`
+    mixtures by mean and every baseline are retrained (with the sweep's
+    replicates) either at `scale` times the proxy's width, depth and tokens,
+    or on a named second `recipe` (with the same sources); the report gives
+    the Spearman rank correlation between the two scales with its interval.
+    """
+
+    top_k: int = Field(default=3, ge=2)
+    # Width (hidden, intermediate and heads, so head_dim stays), depth and
+    # tokens, each times `scale`, rounded; or a recipe of its own.
+    scale: float | None = Field(default=None, gt=1)
+    recipe: str | None = None
+    # Tokens per larger trial; default: the sweep's budget x scale (x 1 with a recipe).
+    budget_tokens: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> TransferConfig:
+        if (self.scale is None) == (self.recipe is None):
+            raise ValueError("transfer: give either scale (e.g. 2: twice the width, depth and tokens) or "
+                             "recipe (a larger base recipe with the same sources), not both or neither")
+        return self
+
+
 class ResourcesConfig(_Strict):
     # Per trial; fractional CPUs let several tiny trials share a small box.
     cpus_per_trial: float = Field(default=1.0, gt=0)
@@ -92,6 +119,7 @@ class SweepConfig(_Strict):
     scheduler: SchedulerConfig = SchedulerConfig()
     resources: ResourcesConfig = ResourcesConfig()
     recommend: RecommendConfig = RecommendConfig()
+    transfer: TransferConfig | None = None  # off by default: it trains (top_k + baselines) x replicates more
     output_dir: str = "outputs/sweeps"
 
     @model_validator(mode="after")

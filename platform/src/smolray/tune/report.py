@@ -214,6 +214,29 @@ def plot_fit(
     _save(fig, path)
 
 
+def plot_transfer(points: list[tuple[str, float, float, float, float]], path: str, metric: str,
+                  rank_corr: float, interval) -> None:
+    """Each mixture's mean at the proxy against its mean at the larger proxy, with their errors.
+
+    points: (mixture, proxy mean, proxy s.e., larger mean, larger s.e.).
+    """
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.subplots()
+    if points:
+        names, x, xe, y, ye = zip(*points)
+        ax.errorbar(x, y, xerr=np.nan_to_num(np.array(xe, dtype=float)),
+                    yerr=np.nan_to_num(np.array(ye, dtype=float)), fmt="o", color="tab:blue", capsize=3)
+        for n, xi, yi in zip(names, x, y):
+            ax.annotate(n, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize="small")
+    ci = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if all(map(math.isfinite, interval)) else ""
+    ax.set_title(f"rank transfer: Spearman {rank_corr:.2f}{ci}", fontsize="medium")
+    ax.set_xlabel(f"{metric} at the proxy")
+    ax.set_ylabel(f"{metric} at the larger proxy")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def plot_bars(rows: list[dict], columns: list[str], path: str) -> None:
     """One bar panel per column, one bar per trial (annealing candidates side by side)."""
     names = [str(r["trial"]) for r in rows]

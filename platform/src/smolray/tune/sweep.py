@@ -33,11 +33,8 @@ class Trial:
     id: str  # the mixture's id, then -s<r> for replicate r when the sweep has replicates
     mixture: dict[str, float]
     recipe: Recipe
-    group: str = ""  # the mixture's id, shared by its replicates
-
-    @property
-    def replicate(self) -> int:
-        return int(self.id.rsplit("-s", 1)[1]) if self.id != self.group else 0
+    group: str = ""  # the mixture's id, shared by its replicates (and by its larger-proxy trials)
+    replicate: int = 0
 
     @property
     def recipe_path(self) -> str:
@@ -60,11 +57,23 @@ def plan_trials(cfg: SweepConfig, tokens: dict[str, int]) -> list[Trial]:
     return [one_trial(cfg, tid, mix, out, r) for tid, mix in named for r in range(cfg.replicates)]
 
 
-def one_trial(cfg: SweepConfig, group: str, mixture: dict[str, float], out: str, replicate: int = 0) -> Trial:
-    """Replicate `replicate` of mixture `group` (plain `group` when the sweep has no replicates)."""
+def one_trial(cfg: SweepConfig, group: str, mixture: dict[str, float], out: str, replicate: int = 0,
+              larger: bool = False) -> Trial:
+    """Replicate `replicate` of mixture `group` (plain `group` when the sweep has no replicates).
+
+    `larger`: the same mixture at the transfer's larger proxy, as trial larger-<id>.
+    """
     tid = group if cfg.replicates == 1 else f"{group}-s{replicate}"
-    return Trial(tid, mixture, trial_recipe(cfg, mixture, f"{cfg.name}-{tid}",
-                                            os.path.join(out, "trials", tid), replicate), group)
+    if larger:
+        tid = f"larger-{tid}"
+    return Trial(tid, mixture, trial_recipe(cfg, mixture, f"{cfg.name}-{tid}", os.path.join(out, "trials", tid),
+                                            replicate, larger), group, replicate)
+
+
+def transfer_trials(cfg: SweepConfig, chosen: list[str], trials: list[Trial], out: str) -> list[Trial]:
+    """The `chosen` mixtures (analysis.transfer_choice) under every seed at the larger proxy."""
+    mixture = {t.group: t.mixture for t in trials}
+    return [one_trial(cfg, g, mixture[g], out, r, larger=True) for g in chosen for r in range(cfg.replicates)]
 
 
 def write_trials(out: str, trials: list[Trial], record: bool = True) -> None:
