@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -139,7 +140,14 @@ def test_curated_source_tokenizes_and_trains(curated, head, tokenizer_dir, tmp_p
 
 
 def test_killed_job_resumes_to_the_same_output(curated, ray_cluster, tmp_path):
-    """SIGKILL mid-run (some parts of the filter phase on disk), rerun: the uninterrupted output."""
+    """SIGKILL mid-run (some parts of the filter phase on disk), rerun: the uninterrupted output.
+
+    The rerun loses two of its Ray Data workers mid-part as well: Ray retries
+    the task, the part is rewritten whole (every file lands by rename), and
+    no document is lost or kept twice.
+    """
+    from test_data_faults import kill_tasks
+
     path = _recipe(tmp_path, inputs={**yaml.safe_load(RECIPE.read_text())["inputs"], "rows_per_part": 25})
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     cmd = [PY, "jobs/curate.py", "--config", str(path)]
@@ -157,8 +165,17 @@ def test_killed_job_resumes_to_the_same_output(curated, ray_cluster, tmp_path):
     assert 3 <= len(marks) < 20, "the kill must land inside the filter phase"
     assert not (tmp_path / "web-sample" / "manifest.json").exists()
 
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    stop, killed = threading.Event(), []
+    # The per-part tasks' process title is ray::MapBatches(_run_jobs).
+    chaos = threading.Thread(target=kill_tasks, args=(r"^ray::.*_run_jobs", stop, killed))
+    chaos.start()
+    try:
+        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        stop.set()
+        chaos.join()
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert len(killed) == 2, "no curation task was running to kill"
     out = tmp_path / "web-sample"
     strip = lambda rows: sorted((r["id"], r["text"]) for r in rows)  # noqa: E731
     assert strip(_rows(out / "data")) == strip(curated["kept"])
