@@ -44,8 +44,8 @@ demo: install
 test: install
 	$(PY) -m pytest tests
 
-# The tests over make test's budget (elastic resizing, the endpoint under
-# load and replica loss): about 6 minutes more on 2 cores.
+# The tests over make test's budget (the endpoint scaled to two replicas,
+# under load and replica loss): about 2 minutes more on 2 cores.
 test-long: install
 	SMOLRAY_LONG_TESTS=1 $(PY) -m pytest tests -m long
 

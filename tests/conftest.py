@@ -29,11 +29,12 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ["PATH"] = os.path.dirname(PY) + os.pathsep + os.environ.get("PATH", "")
 
 
-# Tests `make test` has no room for in its 30 minutes on 2 cores
-# (docs/testing.md): marked `long`, skipped unless SMOLRAY_LONG_TESTS=1,
-# which `make test-long` sets.
-LONG = [pytest.mark.long, pytest.mark.skipif(not os.environ.get("SMOLRAY_LONG_TESTS"),
-                                             reason="long: run by make test-long (SMOLRAY_LONG_TESTS=1)")]
+def long(test):
+    """A test `make test` has no room for in its 30 minutes on 2 cores (docs/testing.md):
+    marked `long`, skipped unless SMOLRAY_LONG_TESTS=1, which `make test-long` sets."""
+    skip = pytest.mark.skipif(not os.environ.get("SMOLRAY_LONG_TESTS"),
+                              reason="long: run by make test-long (SMOLRAY_LONG_TESTS=1)")
+    return pytest.mark.long(skip(test))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -189,12 +190,13 @@ def multinode(ray_cluster):
     from smolray.cluster import _free_port, _metric_ports
 
     os.environ.update(_metric_ports())  # not the session cluster's metric ports
-    # Test speed, not behaviour: Ray marks a silent node dead after about 30 s
+    # Test speed, not behaviour: Ray marks a silent node dead after 15 s or more
     # of missed health checks, and until then Ray Train's elastic restart still
     # counts the lost node's CPUs and waits out its 60 s worker-group start
     # timeout for them (docs/reliability.md has the production figures). Here
-    # a node is dead after about 2 s, and a start that cannot fit retries after 20.
-    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "20"
+    # a node is dead after about 2 s, and a start that cannot fit (the wait for
+    # its placement group) retries after 10.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "10"
     port = _free_port()
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,

