@@ -45,7 +45,8 @@ test: install
 	$(PY) -m pytest tests
 
 # The tests over make test's budget (the endpoint scaled to two replicas,
-# under load and replica loss): about 2 minutes more on 2 cores.
+# under load and replica loss; a sweep with a rank transfer): about 4
+# minutes more on 2 cores.
 test-long: install
 	SMOLRAY_LONG_TESTS=1 $(PY) -m pytest tests -m long
 

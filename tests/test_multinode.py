@@ -35,7 +35,8 @@ print("finished at step", fit(build_trainer(recipe, build_plan(recipe), sample_l
 """
 
 STREAM_TASK = "MapBatches(_assemble)"  # the training stream's read-and-pack tasks
-STEPS = 48
+# Enough steps after the shrink for a resize check and a new worker group (about 25 s on 2 busy cores).
+STEPS = 80
 
 
 def _workers(dashboard: str) -> list[dict]:
@@ -79,7 +80,7 @@ def test_training_survives_node_loss_shrinks_and_grows_back(multinode, corpus, t
     sets = recipe_overrides(corpus["tokenizer"], corpus["root"], out) + [
         f"train.total_tokens={4096 * STEPS}", "schedule.warmup_steps=2", "run.log_every_steps=1",
         "checkpoint.every_steps=2", "checkpoint.keep=2", "train.max_failures=4",
-        "train.num_workers=[1, 2]", "train.cpus_per_worker=2", "train.resize_check_s=5",
+        "train.num_workers=[1, 2]", "train.cpus_per_worker=2", "train.resize_check_s=2",
         "train.node_role=train_node", "data.node_role=data_node"]
     recipe = load_recipe(TINY, sets)
     samples, metrics = tmp_path / "samples", os.path.join(log_dir(recipe), "metrics.jsonl")
