@@ -36,7 +36,7 @@ print("finished at step", fit(build_trainer(recipe, build_plan(recipe), sample_l
 
 STREAM_TASK = "MapBatches(_assemble)"  # the training stream's read-and-pack tasks
 # Enough steps after the shrink for a resize check and a new worker group (about 25 s on 2 busy cores).
-STEPS = 80
+STEPS = 96
 
 
 def _workers(dashboard: str) -> list[dict]:
