@@ -127,7 +127,7 @@ def rank_transfer(cfg: SweepConfig, rows: list[dict], larger: list[dict]) -> dic
             "mixtures": {g: {"proxy": small[g][1].mean, "proxy_sem": small[g][1].sem,
                              "larger": big[g][1].mean, "larger_sem": big[g][1].sem, "seeds": big[g][1].n}
                          for g in names},
-            "rank_corr": spearman(a, b) if len(names) > 1 else math.nan, "rank_corr_90": [lo, hi]}
+            "rank_corr": spearman(a, b), "rank_corr_90": [lo, hi]}
 
 
 def best_row(cfg: SweepConfig, rows: list[dict]) -> dict | None:
@@ -187,7 +187,8 @@ def write_report(cfg: SweepConfig, out: str, rows: list[dict], fitted, confirm: 
         weights = summary["recommended"]["mixture"]
         highlight = {"weights": weights, "value": value, "label": label,
                      "sem": got.sem if got.n > 1 else math.nan}
-        sems = np.array([by_mixture(cfg, rows)[r.get("mixture") or r["trial"]][1].sem for r in done])
+        groups = by_mixture(cfg, rows)
+        sems = np.array([groups[r.get("mixture") or r["trial"]][1].sem for r in done])
         plot_fit(actual, np.array(rec.loo_predicted), os.path.join(out, "fit.png"), cfg.metric, rec.rank_corr,
                  actual_sem=sems, interval=interval)
     if larger:
