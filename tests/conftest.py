@@ -23,6 +23,12 @@ PY = sys.executable
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Test speed: with every worker group Ray Train starts a preemption watcher,
+# one more actor process (importing Ray) that logs node drains. No test
+# drains a node (a lost node is a dead raylet, not a drain), and smolray's
+# loop does not read the watcher's signal. Workers and jobs of the in-process
+# cluster and of the job head inherit this from here.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 # One PATH for every process of the run (this one, the in-process cluster,
 # the job head, subprocesses): DeepSpeed's CPU op is built with whichever
 # `ninja` comes first, and a different ninja rebuilds it (about 55 s).

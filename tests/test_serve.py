@@ -1,9 +1,9 @@
 """The OpenAI-compatible endpoint: `serve run` on a real Ray head, vLLM (CPU) behind it, the openai client.
 
 One `serve run` for the module: first one replica with a small queue (the
-API, its refusals and its backpressure), then (`make test-long`: two more
-minutes than `make test` has room for) the same app scaled in place to two
-replicas, for 64 concurrent streams and for an engine SIGKILLed under load.
+API, its refusals and its backpressure), then the same app scaled in place
+to two replicas, for 64 concurrent streams and for an engine SIGKILLed
+under load.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import PY, ROOT, long
+from conftest import PY, ROOT
 from serve_helpers import DEPLOYMENT, KEY, MODEL, deployment_name, live_replicas, running_replicas, serve_run
 
 openai = pytest.importorskip("openai")
@@ -295,7 +295,6 @@ def retryable(e: Exception) -> bool:
     return isinstance(e, (openai.APIError, httpx.HTTPError, CutShort))
 
 
-@long
 def test_64_concurrent_streams_all_succeed(fleet):
     client = _client(fleet)
     t0 = time.monotonic()
@@ -306,7 +305,6 @@ def test_64_concurrent_streams_all_succeed(fleet):
     print(f"64 concurrent streams x {TOKENS} tokens: {64 * TOKENS / took:.0f} tokens/s over {took:.1f} s")
 
 
-@long
 def test_losing_a_replica_under_load_fails_no_retried_request(fleet, head):
     """16 clients stream without pause; one engine's replica is SIGKILLed once 32 requests are done.
 

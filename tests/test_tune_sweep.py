@@ -111,8 +111,7 @@ def _kill_driver_mid_trial(head, cmd, d, trials):
     """
     ray = [os.path.join(os.path.dirname(PY), "ray"), "job"]
     addr = f"--address={head.dashboard_url}"
-    subprocess.run([*ray, "submit", addr, "--no-wait", "--submission-id=sweep-cut", f"--working-dir={ROOT}",
-                    "--", *cmd], env=head.env, check=True, capture_output=True, timeout=120)
+    head.submit_nowait(cmd, str(ROOT), job_id="sweep-cut")
     cut, deadline = None, time.monotonic() + 600
     while cut is None and time.monotonic() < deadline:
         cut = next((t for t in trials if registered_step(d / "trials" / t / "ray" / f"{d.name}-{t}")), None)

@@ -22,6 +22,7 @@ import functools
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -215,17 +216,16 @@ class LocalHead:
                                      start_new_session=True)
         # Ready means a job can be submitted: the dashboard answers before the
         # job agent has registered ("No available agent to submit job").
-        probe = [self._ray, "job", "submit", f"--address={self.dashboard_url}", "--no-wait",
-                 "--", "true"]
         deadline, answer = time.time() + timeout, ""
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ray head exited early: {self._log_tail()}")
-            out = subprocess.run(probe, env=self.env, capture_output=True, text=True)
-            if out.returncode == 0:
+            try:
+                self.submit_nowait(["true"], working_dir=None)
                 return self
-            answer = (out.stdout + out.stderr)[-1000:]
-            time.sleep(2)
+            except Exception as e:  # not up yet: connection refused, or no job agent
+                answer = str(e)[-1000:]
+            time.sleep(1)
         self.stop()
         raise TimeoutError(f"ray head took no job within {timeout}s; last answer: {answer}")
 
@@ -242,24 +242,25 @@ class LocalHead:
                capture: bool = False, env_vars: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """`ray job submit --working-dir ... -- entrypoint`, waiting for it to end.
 
-        Without `capture` the job's log streams here as it runs. With it, the
-        log comes back as stdout once the job ends (exit status 0 if it
-        succeeded, else 1, as the CLI's), found by polling the job's status:
-        the CLI's log tail closes seconds after the job ends (a one-line job:
-        done in 2.5 s, the CLI back after 7-15 s). `env_vars` go to the job's
+        Without `capture` the CLI runs and the job's log streams here. With
+        it, the job goes in through `submit_nowait` and its log comes back as
+        stdout once it ends (exit status 0 if it succeeded, else 1, as the
+        CLI's), found by polling the job's status: the CLI's log tail closes
+        seconds after the job ends (a one-line job: done in 2.5 s, the CLI
+        back after 7-15 s). `env_vars` go to the job's
         driver and every worker it starts (its runtime env), e.g. a bucket's
         endpoint and credentials.
         """
-        runtime = [f"--runtime-env-json={json.dumps({'env_vars': env_vars})}"] if env_vars else []
-        cmd = [self._ray, "job", "submit", f"--address={self.dashboard_url}",
-               f"--working-dir={working_dir}", *runtime]
         if not capture:
-            return subprocess.run([*cmd, "--", *entrypoint], env=self.env, timeout=timeout, text=True)
-        job_id = f"smolray-{secrets.token_hex(6)}"
-        cmd += ["--no-wait", f"--submission-id={job_id}", "--", *entrypoint]
-        sent = subprocess.run(cmd, env=self.env, timeout=timeout, capture_output=True, text=True)
-        if sent.returncode != 0:
-            return sent
+            runtime = [f"--runtime-env-json={json.dumps({'env_vars': env_vars})}"] if env_vars else []
+            cmd = [self._ray, "job", "submit", f"--address={self.dashboard_url}",
+                   f"--working-dir={working_dir}", *runtime, "--", *entrypoint]
+            return subprocess.run(cmd, env=self.env, timeout=timeout, text=True)
+        cmd = ["submit_job", *entrypoint]
+        try:
+            job_id = self.submit_nowait(entrypoint, working_dir, env_vars)
+        except Exception as e:  # refused: a bad runtime env, an unreachable head
+            return subprocess.CompletedProcess(cmd, 1, "", f"submission refused: {e}")
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -275,6 +276,21 @@ class LocalHead:
         logs = self._api(f"/api/jobs/{job_id}/logs")["logs"]
         return subprocess.CompletedProcess(cmd, 0 if job["status"] == "SUCCEEDED" else 1, logs,
                                            f"job {job_id} {job['status']}: {job.get('message') or ''}")
+
+    def submit_nowait(self, entrypoint: list[str], working_dir: str | None = ".",
+                      env_vars: dict[str, str] | None = None, job_id: str | None = None) -> str:
+        """Submit a job and return its submission id at once.
+
+        What `ray job submit --no-wait` does (the working dir packaged and
+        uploaded, the same job server), through Ray's Python client in this
+        process: a CLI process would cost seconds of imports per job.
+        """
+        from ray.job_submission import JobSubmissionClient
+
+        client = JobSubmissionClient(self.dashboard_url, headers={"Authorization": f"Bearer {self._token}"})
+        runtime = {k: v for k, v in (("working_dir", working_dir), ("env_vars", env_vars)) if v}
+        return client.submit_job(entrypoint=shlex.join(entrypoint), runtime_env=runtime or None,
+                                 submission_id=job_id or f"smolray-{secrets.token_hex(6)}")
 
     @functools.cached_property
     def _token(self) -> str:
