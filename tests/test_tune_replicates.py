@@ -106,6 +106,10 @@ def test_report_gives_means_with_error_bars_and_an_interval_on_the_rank_corr(tmp
     best = summary["best_mixture"]
     assert best["mixture"] == "t04" and best["seeds"] == 3  # the least math
     assert best[cfg.metric] == np.mean([float(r[cfg.metric]) for r in rows if r["mixture"] == "t04"])
+    # A baseline is its mean over its seeds too (its trials are uniform-s0, -s1, -s2).
+    base = summary["baselines"]["uniform"]
+    assert base["seeds"] == 3 and base[cfg.metric] == np.mean(
+        [float(r[cfg.metric]) for r in rows if r["mixture"] == "uniform"])
     text = format_summary(cfg, [{**r, "step": 8} for r in rows], summary)
     assert "90% interval [" in text and "best mixture: t04" in text
     for png in ("metric.png", "fit.png"):

@@ -77,6 +77,8 @@ def test_rank_transfer_reports_the_correlation_with_its_interval(tmp_path):
     same = rank_transfer(cfg, rows, larger({"t04": 5.0, "t00": 5.1, "t02": 5.2, "uniform": 5.3}))
     assert same["rank_corr"] == 1.0 and same["rank_corr_90"][1] == 1.0
     assert same["mixtures"]["t04"]["seeds"] == 3 and same["larger"] == "scale 2 (width, depth, tokens)"
+    fixed = sweep(replicates=3, transfer={"scale": 2, "top_k": 3, "budget_tokens": 65536})
+    assert rank_transfer(fixed, rows, [])["larger"] == "scale 2 (width, depth; 65,536 tokens)"
     flipped = rank_transfer(cfg, rows, larger({"t04": 5.3, "t00": 5.2, "t02": 5.1, "uniform": 5.0}))
     assert flipped["rank_corr"] == -1.0 and flipped["rank_corr_90"][0] == -1.0
     # One swap among four: Spearman 1 - 6 * 2 / (4 * 15) = 0.8.

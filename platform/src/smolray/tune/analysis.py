@@ -123,7 +123,8 @@ def rank_transfer(cfg: SweepConfig, rows: list[dict], larger: list[dict]) -> dic
     b = np.array([big[g][1].mean for g in names])
     lo, hi = spearman_interval(a, b)
     t = cfg.transfer
-    return {"larger": t.recipe or f"scale {t.scale:g} (width, depth, tokens)",
+    scaled = "width, depth" + (f"; {t.budget_tokens:,} tokens" if t.budget_tokens else ", tokens")
+    return {"larger": t.recipe or f"scale {t.scale:g} ({scaled})",
             "mixtures": {g: {"proxy": small[g][1].mean, "proxy_sem": small[g][1].sem,
                              "larger": big[g][1].mean, "larger_sem": big[g][1].sem, "seeds": big[g][1].n}
                          for g in names},
@@ -143,6 +144,10 @@ def best_mixture(cfg: SweepConfig, rows: list[dict]) -> dict | None:
     if not groups:
         return None
     name = (min if cfg.mode == "min" else max)(groups, key=lambda g: groups[g][1].mean)
+    return _mixture_summary(cfg, name, groups)
+
+
+def _mixture_summary(cfg: SweepConfig, name: str, groups: dict) -> dict:
     row, sp = groups[name]
     return {"mixture": name, "weights": _brief(cfg, row)["mixture"], cfg.metric: sp.mean, "std": sp.std,
             "sem": sp.sem, "seeds": sp.n}
@@ -163,8 +168,11 @@ def write_report(cfg: SweepConfig, out: str, rows: list[dict], fitted, confirm: 
                      "best_trial": _brief(cfg, best) if best else None,
                      "baselines": {r["trial"]: _brief(cfg, r) for r in rows if r["trial"] in cfg.baselines}}
     if cfg.replicates > 1:
-        # With seeds, a single trial's luck is not a finding: the best mean is.
+        # With seeds, a single trial's luck is not a finding: the best mean is,
+        # and a baseline is its mean too (its trials are `uniform-s<r>`).
         summary["best_mixture"] = best_mixture(cfg, rows)
+        groups = by_mixture(cfg, rows)
+        summary["baselines"] = {g: _mixture_summary(cfg, g, groups) for g in cfg.baselines if g in groups}
     highlight = None
     if fitted:
         rec, done = fitted
