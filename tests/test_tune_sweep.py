@@ -343,4 +343,5 @@ def test_sweep_retrains_the_best_mixture_and_the_baseline_at_a_larger_proxy(head
     assert tr["rank_corr"] == spearman([tr["mixtures"][g]["proxy"] for g in names],
                                        [tr["mixtures"][g]["larger"] for g in names])
     assert (d / "transfer.png").read_bytes()[:4] == b"\x89PNG"
-    assert "rank transfer to scale 1.5 (width, depth, tokens)" in res.stdout
+    # The transfer's own budget_tokens: the same tokens as the proxy, and the summary says so.
+    assert "rank transfer to scale 1.5 (width, depth; 16,384 tokens)" in res.stdout

@@ -162,17 +162,17 @@ def write_report(cfg: SweepConfig, out: str, rows: list[dict], fitted, confirm: 
     """
     larger = list(larger)
     write_table(rows + confirm + larger, os.path.join(out, "results.csv"))
-    best = best_row(cfg, rows)
+    best, groups = best_row(cfg, rows), by_mixture(cfg, rows)
     summary: dict = {"metric": cfg.metric, "mode": cfg.mode, "trials": len(rows),
                      "finished": sum(map(finished, rows)),
-                     "best_trial": _brief(cfg, best) if best else None,
-                     "baselines": {r["trial"]: _brief(cfg, r) for r in rows if r["trial"] in cfg.baselines}}
+                     "best_trial": _brief(cfg, best) if best else None}
     if cfg.replicates > 1:
         # With seeds, a single trial's luck is not a finding: the best mean is,
         # and a baseline is its mean too (its trials are `uniform-s<r>`).
         summary["best_mixture"] = best_mixture(cfg, rows)
-        groups = by_mixture(cfg, rows)
         summary["baselines"] = {g: _mixture_summary(cfg, g, groups) for g in cfg.baselines if g in groups}
+    else:
+        summary["baselines"] = {r["trial"]: _brief(cfg, r) for r in rows if r["trial"] in cfg.baselines}
     highlight = None
     if fitted:
         rec, done = fitted
@@ -195,7 +195,6 @@ def write_report(cfg: SweepConfig, out: str, rows: list[dict], fitted, confirm: 
         weights = summary["recommended"]["mixture"]
         highlight = {"weights": weights, "value": value, "label": label,
                      "sem": got.sem if got.n > 1 else math.nan}
-        groups = by_mixture(cfg, rows)
         sems = np.array([groups[r.get("mixture") or r["trial"]][1].sem for r in done])
         plot_fit(actual, np.array(rec.loo_predicted), os.path.join(out, "fit.png"), cfg.metric, rec.rank_corr,
                  actual_sem=sems, interval=interval)
