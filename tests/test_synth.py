@@ -1,4 +1,7 @@
-"""jobs/synth.py: Cosmopedia-style generation and LLM annotation on ray.data.llm, as a mixer source."""
+"""jobs/synth.py: Cosmopedia-style generation and LLM annotation with vLLM on Ray Data, as a mixer source.
+
+The generation job runs the default backend (vllm.LLM in a Ray Data actor),
+the annotation job the other one (ray.data.llm)."""
 
 from __future__ import annotations
 
@@ -22,9 +25,9 @@ PROMPTS = 24
 
 def _config(tmp_path, model, **changes) -> dict:
     cfg = yaml.safe_load((ROOT / "recipes" / "synth-tiny.yaml").read_text())
-    # Small batches (4 rows in flight), each answer a fixed 256 tokens: the
-    # rerun below generates for about ten seconds after its first part.
-    cfg["model"].update(source=model, batch_size=2, max_concurrent_batches=2)
+    # Two rows an engine call, each answer a fixed 256 tokens: the rerun
+    # below generates for about ten seconds after its first part.
+    cfg["model"].update(source=model, batch_size=2)
     cfg["generate"].update(prompts=PROMPTS, topics=str(ROOT / "data" / "synth" / "topics.txt"))
     # Short seeds: the prompt and its answer must fit the fixture's 512 positions.
     cfg["generate"]["seeds"].update(raw=[str(ROOT / "data" / "sample" / f"{s}.jsonl") for s in ("prose", "math")],
@@ -109,8 +112,8 @@ def synth_run(head, init_model, tmp_path_factory):
 
 
 def _kill_engine_after(part, job: threading.Thread) -> dict:
-    """SIGKILL the ray.data.llm engine actor (and so its vLLM engine) once `part` is on disk."""
-    pattern = r"MapBatches\(vLLMEngineStageUDF\)"
+    """SIGKILL the engine's Ray Data actor (and so its vLLM engine) once `part` is on disk."""
+    pattern = r"MapBatches\(Generate\)"
     deadline = time.monotonic() + 600
     while not part.exists():
         assert job.is_alive() and time.monotonic() < deadline, f"{part.name} never appeared"
@@ -246,6 +249,7 @@ def test_annotate_job_runs_the_rubric_through_the_engine(head, init_model, tmp_p
     # Short documents: the rubric and the document must fit the fixture's 512 positions.
     cfg["annotate"].update(limit=6, docs={"raw": [str(ROOT / "data" / "sample" / "math.jsonl")], "max_chars": 120})
     cfg["sampling"]["max_tokens"] = 16
+    cfg["model"]["backend"] = "ray.data.llm"
     path = tmp_path / "annotate.yaml"
     path.write_text(yaml.safe_dump(cfg))
     res = head.submit(["python", "jobs/synth.py", "--config", str(path)], working_dir=str(ROOT),
@@ -259,10 +263,32 @@ def test_annotate_job_runs_the_rubric_through_the_engine(head, init_model, tmp_p
 
 
 def test_engine_is_kept_full_by_default():
-    # A batch leaves the engine only when all its rows finish, so the batches
-    # in flight must hold max_num_seqs rows and one batch more.
     from smolray.synth.config import EngineSettings
 
-    assert EngineSettings(source="m").in_flight == 17  # 16 rows x 17 >= 256 + 16
-    assert EngineSettings(source="m", batch_size=32, max_num_seqs=1024).in_flight == 33
-    assert EngineSettings(source="m", max_concurrent_batches=2).in_flight == 2
+    # backend vllm: four engines' worth of rows per generate() call, so only
+    # each call's tail runs the engine below max_num_seqs.
+    assert EngineSettings(source="m").rows_per_call == 1024
+    assert EngineSettings(source="m", max_num_seqs=64).rows_per_call == 256
+    # ray.data.llm: a batch leaves the engine only when all its rows finish,
+    # so the batches in flight must hold max_num_seqs rows and one batch more.
+    rdl = {"source": "m", "backend": "ray.data.llm"}
+    assert EngineSettings(**rdl).in_flight == 17  # 16 rows x 17 >= 256 + 16
+    assert EngineSettings(**rdl, batch_size=32, max_num_seqs=1024).in_flight == 33
+    assert EngineSettings(**rdl, max_concurrent_batches=2).in_flight == 2
+
+
+def test_prompts_too_long_for_the_engine_fail_alone(init_model):
+    # vLLM refuses a whole generate() call for one prompt with no room to
+    # generate; the vllm backend fails only that row, which a rerun retries.
+    from transformers import AutoTokenizer
+
+    from smolray.synth.engines import prompt_ids
+
+    tok = AutoTokenizer.from_pretrained(init_model)
+    texts = ["a short question", "word " * 600, "another short one"]
+    ids, errors = prompt_ids(tok, texts, chat=True, limit=512)
+    assert [bool(e) for e in errors] == [False, True, False]
+    assert f"the prompt is {len(ids[1])} tokens" in errors[1] and "model.max_model_len" in errors[1]
+    # The chat template is in the ids, as the engine would see it.
+    plain, _ = prompt_ids(tok, texts[:1], chat=False, limit=512)
+    assert len(ids[0]) > len(plain[0])

@@ -1,1 +1,1 @@
-"""Synthetic data and LLM annotation on ray.data.llm (vLLM), written as a mixer source."""
+"""Synthetic data and LLM annotation with vLLM on Ray Data, written as a mixer source."""

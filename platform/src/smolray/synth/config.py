@@ -26,7 +26,13 @@ class EngineSettings(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: float32 on CPU
     max_model_len: int | None = Field(default=None, gt=0)
     kv_cache_mb: int = Field(default=256, gt=0)  # CPU only
-    batch_size: int = Field(default=16, gt=0)  # rows per engine call
+    # How rows reach vLLM (smolray.synth.engines): `vllm` hands each batch to
+    # one vllm.LLM's generate() in a Ray Data actor, as an offline script
+    # does; `ray.data.llm` streams rows through Ray's async engine stage (what
+    # an engine over several GPUs needs). docs/benchmarks.md compares them.
+    backend: Literal["vllm", "ray.data.llm"] = "vllm"
+    # Rows per engine call; null: the backend's rule (see `rows_per_call`).
+    batch_size: int | None = Field(default=None, gt=0)
     concurrency: int = Field(default=1, gt=0)  # engine replicas (data parallel)
     # Sequences one engine decodes at once. ray.data.llm's engine starts with
     # vLLM's scheduler default (128), vllm.LLM with 256 on CPU and on most
@@ -45,10 +51,20 @@ class EngineSettings(_Strict):
     node_role: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     @property
+    def rows_per_call(self) -> int:
+        """Rows per engine call. backend vllm: 4 x max_num_seqs, so the engine
+        runs full for all but the tail of each call (the sequences still
+        decoding once fewer than max_num_seqs remain). ray.data.llm: 16, with
+        `in_flight` batches keeping the engine full."""
+        if self.batch_size:
+            return self.batch_size
+        return 4 * self.max_num_seqs if self.backend == "vllm" else 16
+
+    @property
     def in_flight(self) -> int:
-        """Batches in flight per engine: max_num_seqs rows, plus one batch to
-        take the place of the next one to finish."""
-        return self.max_concurrent_batches or -(-self.max_num_seqs // self.batch_size) + 1
+        """ray.data.llm's batches in flight per engine: max_num_seqs rows, plus
+        one batch to take the place of the next one to finish."""
+        return self.max_concurrent_batches or -(-self.max_num_seqs // self.rows_per_call) + 1
 
 
 class Sampling(_Strict):

@@ -1,10 +1,10 @@
-"""The synth job: plan the rows, skip those already done, run vLLM through ray.data.llm, write parts.
+"""The synth job: plan the rows, skip those already done, run vLLM over them, write parts.
 
 The driver plans every row up front (prompt or document ids are hashes of
-their content), drops the ids already on disk, streams the rest through a
-ray.data.llm processor, and writes each `rows_per_part` results as one
-parquet part: written to a temporary name, then renamed, so a part is
-either whole or absent. A job that dies keeps every finished part, and a
+their content), drops the ids already on disk, streams the rest through the
+configured engine backend (smolray.synth.engines), and writes each
+`rows_per_part` results as one parquet part: written to a temporary name,
+then renamed, so a part is either whole or absent. A job that dies keeps every finished part, and a
 rerun generates only what no part holds.
 """
 
@@ -21,13 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smolray.synth.config import SynthConfig
+from smolray.synth.engines import processor
 from smolray.synth.prompts import (RUBRIC, TEMPLATE, KeywordIndex, doc_id, parse_score, passages,
                                    plan_prompts, read_topics, rubric_prompt)
 
 DATA, DROPPED = "data", "dropped"
-# Input columns carried through the engine to the written rows.
-_CARRIED = {"generate": ["id", "topic", "seed_id", "seed", "audience", "format", "instruction", "template"],
-            "annotate": ["id", "doc", "instruction", "template"]}
 
 
 def out_dir(cfg: SynthConfig) -> str:
@@ -99,51 +97,6 @@ def check_same_run(cfg: SynthConfig, out: str, record: bool = True) -> None:
         os.makedirs(out, exist_ok=True)
         with open(path, "w") as f:
             json.dump(want, f, indent=2)
-
-
-def processor(cfg: SynthConfig):
-    """The ray.data.llm pipeline: the chat template (chat models), then the vLLM engine."""
-    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
-
-    from smolray.serve.config import engine_bundles, engine_kwargs
-
-    m, s = cfg.model, cfg.sampling
-    engine = engine_kwargs(m.device, m.dtype, m.max_model_len, m.kv_cache_mb)
-    # The engine as vllm.LLM sizes it offline (ray.data.llm would start it
-    # with the scheduler's 128 sequences).
-    engine.update(max_num_seqs=m.max_num_seqs,
-                  max_num_batched_tokens=m.max_num_batched_tokens or (4096 if m.device == "cpu" else 8192))
-    # On CPU the engine stage books one core instead of Ray Data's default GPU.
-    bundles = engine_bundles(m.device, 1, m.node_role)
-    extra = {"placement_group_config": bundles} if bundles else {}
-    config = vLLMEngineProcessorConfig(
-        model_source=m.source, engine_kwargs=engine, batch_size=m.batch_size, concurrency=m.concurrency,
-        max_concurrent_batches=m.in_flight,
-        chat_template_stage={"enabled": m.chat},
-        # vLLM tokenizes the prompt and decodes the output inside the engine,
-        # as vllm.LLM does: separate stages would be two more actors per row
-        # competing for the cores the engine leaves free.
-        tokenize_stage=False, detokenize_stage=False, log_engine_metrics=False,
-        should_continue_on_error=True, **extra)
-    # stream_interval: one output object per request at its end instead of one
-    # per generated token (vllm.LLM asks for final outputs only).
-    params = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens,
-              "min_tokens": s.min_tokens, "stream_interval": s.max_tokens}
-
-    def pre(row):
-        # `instruction` survives the stages; the engine consumes `prompt`.
-        text = row["instruction"]
-        asked = {"messages": [{"role": "user", "content": text}]} if m.chat else {"prompt": text}
-        return {**row, **asked, "sampling_params": params}
-
-    def post(row):
-        keep = {k: row[k] for k in _CARRIED[cfg.mode]}
-        keep["generated"] = row.get("generated_text") or ""
-        keep["error"] = row.get("__inference_error__") or ""
-        keep["completion_tokens"] = int(row.get("num_generated_tokens") or 0)
-        return keep
-
-    return build_processor(config, preprocess=pre, postprocess=post)
 
 
 def run(cfg: SynthConfig, planned: tuple[list[dict], int] | None = None, log=print,
