@@ -13,7 +13,10 @@ waves and the median and p90 time to first token, for:
             layout: direct (Serve's HTTP proxy, then the guarded vLLM
             replica) and router (the proxy, the bearer-key ingress, then an
             LLMServer replica)
-and the ratio serve / bare, and the TTFT difference. The bare server runs
+and the ratio serve / bare, and the TTFT difference, and the cores each part
+of the stack kept busy during the waves (vLLM's model worker and scheduler,
+the replica or the bare front end, proxies, Ray's own processes, the load
+generator). The bare server runs
 first and again last; the ratios use its faster run. Without --model a tiny random Llama is built in
 a temporary folder (vocabulary 1024, 2 layers, hidden 128).
 """
@@ -77,6 +80,32 @@ async def one(client, model: str, prompt: list[int], out_tokens: int) -> tuple[f
     return ttft if ttft is not None else float("nan"), tokens
 
 
+def pin_off_engine(args) -> None:
+    """With --pin: every process of the server but vLLM's model worker onto
+    the last core, the one vLLM's thread binding reserves for the rest.
+
+    vLLM binds its worker's compute threads to core 0 but leaves its
+    scheduler (EngineCore), the API server and everything else free to
+    land there too; each time one does, the engine step waits on it.
+    """
+    import psutil
+
+    if not args.pin or len(os.sched_getaffinity(0)) < 2:
+        return
+    rest = {max(os.sched_getaffinity(0))}
+    # The servers are this process's descendants (the vLLM server, or Ray's
+    # processes and workers); this process itself is left alone: a server
+    # started after it inherits its affinity, and `pinned_load` pins the
+    # thread that sends the load.
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "VLLM::Worker" not in " ".join(p.cmdline()):
+                for t in p.threads():
+                    os.sched_setaffinity(t.id, rest)
+        except (psutil.Error, OSError):
+            pass  # exited meanwhile
+
+
 def pinned_load(*args) -> dict:
     """`load` with this thread on the last core only, and back.
 
@@ -94,6 +123,36 @@ def pinned_load(*args) -> dict:
         os.sched_setaffinity(0, cores)
 
 
+# Which part of the serving stack a process is, by its command line (first match).
+GROUPS = [("model worker", ("VLLM::Worker",)), ("engine scheduler", ("EngineCore",)),
+          ("replica", ("ServeReplica",)), ("front end", ("api_server",)),
+          ("haproxy", ("haproxy",)), ("serve proxy, controller", ("ProxyActor", "ServeController")),
+          ("ray system", ("gcs_server", "raylet", "dashboard", "ray/_private", "ray::", "autoscaler"))]
+
+
+def cpu_seconds() -> dict[int, tuple[float, str]]:
+    """Every process's CPU time (user + system) and its command line."""
+    import psutil
+
+    out = {}
+    for p in psutil.process_iter(["cmdline", "name", "cpu_times"]):
+        c, cmd = p.info["cpu_times"], p.info["cmdline"] or [p.info["name"] or ""]
+        if c is not None:
+            out[p.pid] = (c.user + c.system, " ".join(cmd))
+    return out
+
+
+def cpu_by_group(before: dict, after: dict, wall: float) -> dict[str, float]:
+    """Cores each part of the stack kept busy between two cpu_seconds() (CPU s / wall s)."""
+    me, groups = os.getpid(), {}
+    for pid, (t, cmd) in after.items():
+        used = t - before.get(pid, (0.0, ""))[0]
+        name = "load generator" if pid == me else next(
+            (g for g, keys in GROUPS if any(k in cmd for k in keys)), "other")
+        groups[name] = groups.get(name, 0.0) + used / wall
+    return dict(sorted(groups.items(), key=lambda kv: -kv[1]))
+
+
 async def load(base_url: str, key: str, model: str, waves: list[list[list[int]]], out_tokens: int) -> dict:
     from openai import AsyncOpenAI
 
@@ -101,14 +160,16 @@ async def load(base_url: str, key: str, model: str, waves: list[list[list[int]]]
         # An untimed wave of its own prompts: the first batch pays for lazy
         # allocations in the engine, and no timed prompt is in the prefix cache.
         await asyncio.gather(*(one(client, model, p, 8) for p in waves[0]))
+        cpu0 = cpu_seconds()
         t0, results = time.perf_counter(), []
         for wave in waves[1:]:
             results += await asyncio.gather(*(one(client, model, p, out_tokens) for p in wave))
         wall = time.perf_counter() - t0
+        cpu = cpu_by_group(cpu0, cpu_seconds(), wall)
     ttfts, tokens = sorted(r[0] for r in results), sum(r[1] for r in results)
     pick = lambda q: ttfts[min(len(ttfts) - 1, int(q * len(ttfts)))]  # noqa: E731
     return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
-            "ttft_p50_s": pick(0.5), "ttft_p90_s": pick(0.9), "ttft_s": [r[0] for r in results]}
+            "ttft_p50_s": pick(0.5), "ttft_p90_s": pick(0.9), "ttft_s": [r[0] for r in results], "cores": cpu}
 
 
 async def wait_ready(base_url: str, key: str, model: str, proc=None, limit_s: float = 600) -> None:
@@ -161,6 +222,7 @@ def bare(args, model: str, key: str, waves) -> dict:
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         asyncio.run(wait_ready(url := f"http://127.0.0.1:{port}/v1", key, "bench", proc))
+        pin_off_engine(args)
         return pinned_load(url, key, "bench", waves, args.output_tokens)
     finally:
         try:
@@ -186,6 +248,11 @@ def ray_serve(args, model: str, key: str, waves, ingress: str) -> dict:
         os.environ.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_HAPROXY_NBTHREAD="1")
     else:
         os.environ.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
+    if args.throughput_optimized:
+        # Serve's own preset: the replica's code on its main event loop (no
+        # hop to a user-code thread per streamed chunk), buffered request
+        # logs, no log copies to stderr, the GC frozen after start-up.
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     # address="local": never attach to a cluster another process left running.
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
@@ -196,6 +263,7 @@ def ray_serve(args, model: str, key: str, waves, ingress: str) -> dict:
                                      "replicas": {"min_replicas": 1, "max_replicas": 1}}]})
         serve.run(app, name="bench", route_prefix="/")
         asyncio.run(wait_ready(url := f"http://127.0.0.1:{args.port}/v1", key, "bench"))
+        pin_off_engine(args)
         return pinned_load(url, key, "bench", waves, args.output_tokens)
     finally:
         serve.shutdown()
@@ -214,6 +282,10 @@ def main() -> None:
     p.add_argument("--ingress", nargs="+", default=["direct", "router"], choices=["direct", "router"],
                    help="the Serve layouts to measure (serve/app.py), each against the same bare server")
     p.add_argument("--haproxy", action="store_true", help="direct layout behind HAProxy")
+    p.add_argument("--throughput-optimized", action="store_true",
+                   help="RAY_SERVE_THROUGHPUT_OPTIMIZED=1 for the Serve runs")
+    p.add_argument("--pin", action="store_true",
+                   help="once each server is up, keep everything but vLLM's model worker off its core")
     p.add_argument("--port", type=int, default=8321, help="Serve's port; the bare server uses the next one")
     args = p.parse_args()
     # Ray's logging setup would print every client request.
@@ -247,6 +319,10 @@ def main() -> None:
         note = "" if r["tokens"] == want else f"  (expected {want} tokens)"
         print(f"{name:<14}{r['tokens']:>8}{r['tokens_per_s']:>11,.1f}{r['ttft_p50_s']:>9.3f}s"
               f"{r['ttft_p90_s']:>9.3f}s{note}")
+    print("\ncores busy during the timed waves (CPU seconds / wall seconds), by part of the stack:")
+    for name, r in results.items():
+        print(f"{name:<14}" + ", ".join(f"{g} {c:.2f}" for g, c in r["cores"].items() if c >= 0.005)
+              + f"; total {sum(r['cores'].values()):.2f} of {len(os.sched_getaffinity(0))}")
     b = max(results["bare"], results["bare-again"], key=lambda r: r["tokens_per_s"])
     for ingress in args.ingress:
         s = results[f"serve-{ingress}"]

@@ -60,6 +60,27 @@ def test_models_lists_the_served_checkpoint(client):
     assert [m.id for m in client.models.list().data] == [MODEL]
 
 
+def test_the_engine_runs_at_normal_cpu_priority(client):
+    # Ray starts its workers at niceness 15 (below its own processes); the
+    # engine's replica and the vLLM processes under it must not be, or on a
+    # busy CPU node every nice-0 process comes before the engine's steps.
+    import psutil
+
+    assert client.completions.create(model=MODEL, prompt="x", max_tokens=2).usage.completion_tokens == 2
+    def title(p) -> str:
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:  # exited, or not ours
+            return ""
+
+    replicas = [p for p in psutil.process_iter() if "ServeReplica" in title(p) and "LLMServer" in title(p)]
+    engines = [c for r in replicas for c in r.children(recursive=True) if "VLLM::" in title(c)]
+    assert replicas and len(engines) >= 2, [title(p) for p in replicas + engines]  # EngineCore, Worker
+    assert {p.nice() for p in replicas + engines} == {0}
+    # Serve's own actors keep Ray's default.
+    assert {p.nice() for p in psutil.process_iter() if "ServeController" in title(p)} == {15}
+
+
 def test_completion_chat_and_streaming(client):
     r = client.completions.create(model=MODEL, prompt="The theorem", max_tokens=8, temperature=0)
     assert r.usage.completion_tokens == 8 and r.choices[0].finish_reason == "length"

@@ -120,6 +120,7 @@ def _kill_engine_after(part, job: threading.Thread) -> dict:
         time.sleep(0.05)
     pids = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
     assert len(pids) == 1, f"engine actors: {pids}"
+    nice = os.getpriority(os.PRIO_PROCESS, int(pids[0]))
     os.kill(int(pids[0]), signal.SIGKILL)
     killed_at = time.monotonic()
     parts = sorted(p.name for p in part.parent.glob("part-*.parquet"))
@@ -127,7 +128,7 @@ def _kill_engine_after(part, job: threading.Thread) -> dict:
     while len(list(part.parent.glob("part-*.parquet"))) == len(parts) and job.is_alive():
         time.sleep(0.1)
     print(f"synth: engine killed with {len(parts)} parts written; next part {time.monotonic() - killed_at:.1f} s later")
-    return {"pid": int(pids[0]), "parts_at_kill": parts}
+    return {"pid": int(pids[0]), "parts_at_kill": parts, "nice": nice}
 
 
 def test_synth_writes_one_row_per_prompt_with_provenance(synth_run, init_model):
@@ -162,6 +163,8 @@ def test_stopped_synth_job_keeps_its_parts_and_resumes_without_regenerating(synt
     assert len(synth_run["killed"]["parts_at_kill"]) < PROMPTS // 2
     # The half-written part a crash left was never read as rows, and is gone.
     assert not list((out / "data").glob("*.tmp"))
+    # The engine's actor ran at normal CPU priority, not Ray's worker default of 15.
+    assert synth_run["killed"]["nice"] == 0
 
 
 def test_rerun_with_other_sampling_is_refused_before_any_engine_starts(synth_run):

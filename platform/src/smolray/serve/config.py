@@ -189,5 +189,24 @@ def llm_config(cfg: ServeConfig, m: ModelSpec, field: str):
         model_loading_config={"model_id": m.id, "model_source": resolve_source(m.source, f"{field}.source")},
         engine_kwargs=engine,
         deployment_config=deployment,
+        runtime_env=engine_runtime_env(),
         **kwargs,
     )
+
+
+def engine_runtime_env() -> dict[str, Any]:
+    """The runtime env of a replica that runs a vLLM engine: the application's,
+    with the replica at normal CPU priority.
+
+    Ray starts worker processes at niceness 15, below its own control plane,
+    and the replica's engine processes inherit that. On a node whose cores
+    are all busy (a CPU node under load), every nice-0 process then comes
+    first: the engine's steps and the streamed tokens wait on them. Ray's
+    job supervisor sets the same variable to 0 for drivers.
+    """
+    import ray
+
+    env = ray.get_runtime_context().runtime_env if ray.is_initialized() else {}
+    env = dict(env or {})
+    env["env_vars"] = {**(env.get("env_vars") or {}), "RAY_worker_niceness": "0"}
+    return env

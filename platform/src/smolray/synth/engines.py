@@ -21,6 +21,12 @@ import time
 
 from smolray.synth.config import SynthConfig
 
+# An engine's actor at normal CPU priority: Ray starts workers at niceness
+# 15, and the driver writing parts or Ray's own processes would come first
+# (serve/config.engine_runtime_env says more). Ray merges these env_vars
+# into the job's.
+ENGINE_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
+
 # Input columns carried through the engine to the written rows.
 CARRIED = {"generate": ["id", "topic", "seed_id", "seed", "audience", "format", "instruction", "template"],
            "annotate": ["id", "doc", "instruction", "template"]}
@@ -32,7 +38,7 @@ def processor(cfg: SynthConfig, timed: bool = False):
     With `timed` (benchmarks), backend vllm adds each row's generate() call's
     wall-clock start and end (`gen_start`, `gen_end`).
     """
-    return _offline(cfg, timed) if cfg.model.backend == "vllm" else _ray_data_llm(cfg)
+    return _vllm_actors(cfg, timed) if cfg.model.backend == "vllm" else _ray_data_llm(cfg)
 
 
 def _engine_args(cfg: SynthConfig) -> dict:
@@ -107,13 +113,14 @@ class Generate:
         return pa.Table.from_pylist(out)
 
 
-def _offline(cfg: SynthConfig, timed: bool):
+def _vllm_actors(cfg: SynthConfig, timed: bool):
     from smolray.cluster import role_resources
 
     m = cfg.model
     # An engine books a core on CPU (it runs one OpenMP thread there) or a
     # GPU, on a node of the configured role.
     place = {"num_cpus": 1} if m.device == "cpu" else {"num_cpus": 1, "num_gpus": 1}
+    place["runtime_env"] = ENGINE_ENV
     if m.node_role:
         place["resources"] = role_resources(m.node_role)
     kwargs = {"source": m.source, "engine": _engine_args(cfg), "sampling": _sampling(cfg), "chat": m.chat,
@@ -145,7 +152,7 @@ def _ray_data_llm(cfg: SynthConfig):
         # as vllm.LLM does: separate stages would be two more actors per row
         # competing for the cores the engine leaves free.
         tokenize_stage=False, detokenize_stage=False, log_engine_metrics=False,
-        should_continue_on_error=True, **extra)
+        should_continue_on_error=True, runtime_env=ENGINE_ENV, **extra)
     # stream_interval: one output object per request at its end instead of one
     # per generated token (vllm.LLM asks for final outputs only).
     params = {**_sampling(cfg), "stream_interval": cfg.sampling.max_tokens}
