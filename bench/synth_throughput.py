@@ -106,7 +106,8 @@ def on_ray(args, prompts: list[str], backend: str) -> dict:
         total = time.perf_counter() - t0
     finally:
         ray.shutdown()
-    errors = [r["error"] for r in out if r.get("error") or r.get("__inference_error__")]
+    # Rows that failed in ray.data.llm skip the postprocess and keep Ray's own error column.
+    errors = [e for e in (r.get("error") or r.get("__inference_error__") for r in out) if e]
     timed = [r for r in out if r.get("gen_start") and r.get("gen_end")]
     if not timed:
         raise SystemExit(f"{backend}: no row came back with engine timings; first error: {errors[:1]}")

@@ -67,6 +67,7 @@ def test_the_engine_runs_at_normal_cpu_priority(client):
     import psutil
 
     assert client.completions.create(model=MODEL, prompt="x", max_tokens=2).usage.completion_tokens == 2
+
     def title(p) -> str:
         try:
             return " ".join(p.cmdline())

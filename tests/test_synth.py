@@ -61,6 +61,7 @@ def test_bad_synth_configs_fail_before_any_engine_starts(tmp_path, init_model):
         "mode=annotate": "mode=annotate needs a `annotate:` section",
         "generate.seeds.text_field=body": "no field 'body'",
         "generate.audiences=[]": "generate.audiences",
+        "model.max_concurrent_batches=4": "applies to backend ray.data.llm only",
     }
     for bad, message in cases.items():
         res = _synth(path, bad)

@@ -194,6 +194,11 @@ def llm_config(cfg: ServeConfig, m: ModelSpec, field: str):
     )
 
 
+# Env vars of every process that runs a vLLM engine (a Serve replica, a synth
+# actor): normal CPU priority, where Ray starts workers at niceness 15.
+ENGINE_ENV_VARS = {"RAY_worker_niceness": "0"}
+
+
 def engine_runtime_env() -> dict[str, Any]:
     """The runtime env of a replica that runs a vLLM engine: the application's,
     with the replica at normal CPU priority.
@@ -208,5 +213,7 @@ def engine_runtime_env() -> dict[str, Any]:
 
     env = ray.get_runtime_context().runtime_env if ray.is_initialized() else {}
     env = dict(env or {})
-    env["env_vars"] = {**(env.get("env_vars") or {}), "RAY_worker_niceness": "0"}
+    # ray.serve.llm replaces the replica's env_vars with ours (a top-level
+    # merge), so the application's are carried over here.
+    env["env_vars"] = {**(env.get("env_vars") or {}), **ENGINE_ENV_VARS}
     return env

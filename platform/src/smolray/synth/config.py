@@ -50,6 +50,14 @@ class EngineSettings(_Strict):
     # engine books. null: any node (one machine).
     node_role: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+    @model_validator(mode="after")
+    def _backend_fields(self):
+        if self.max_concurrent_batches and self.backend == "vllm":
+            raise ValueError(f"model.max_concurrent_batches={self.max_concurrent_batches} applies to backend "
+                             "ray.data.llm only (backend vllm runs one batch at a time per engine); remove it "
+                             "or set model.backend=ray.data.llm")
+        return self
+
     @property
     def rows_per_call(self) -> int:
         """Rows per engine call. backend vllm: 4 x max_num_seqs, so the engine

@@ -21,12 +21,6 @@ import time
 
 from smolray.synth.config import SynthConfig
 
-# An engine's actor at normal CPU priority: Ray starts workers at niceness
-# 15, and the driver writing parts or Ray's own processes would come first
-# (serve/config.engine_runtime_env says more). Ray merges these env_vars
-# into the job's.
-ENGINE_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
-
 # Input columns carried through the engine to the written rows.
 CARRIED = {"generate": ["id", "topic", "seed_id", "seed", "audience", "format", "instruction", "template"],
            "annotate": ["id", "doc", "instruction", "template"]}
@@ -51,6 +45,15 @@ def _engine_args(cfg: SynthConfig) -> dict:
     engine.update(max_num_seqs=m.max_num_seqs,
                   max_num_batched_tokens=m.max_num_batched_tokens or (4096 if m.device == "cpu" else 8192))
     return engine
+
+
+def _engine_env() -> dict:
+    """The engine actor at normal CPU priority (serve/config.ENGINE_ENV_VARS),
+    so the driver writing parts and Ray's own processes do not come first.
+    Ray merges a task's env_vars into the job's."""
+    from smolray.serve.config import ENGINE_ENV_VARS
+
+    return {"env_vars": dict(ENGINE_ENV_VARS)}
 
 
 def _sampling(cfg: SynthConfig) -> dict:
@@ -94,12 +97,10 @@ class Generate:
         import pyarrow as pa
 
         rows = batch.to_pylist()
-        out = [{k: r[k] for k in self.carried} | {"generated": "", "completion_tokens": 0, "error": ""}
-               for r in rows]
         ids, errors = prompt_ids(self.tok, [r["instruction"] for r in rows], self.chat, self.limit)
+        out = [{k: r[k] for k in self.carried} | {"generated": "", "completion_tokens": 0, "error": e}
+               for r, e in zip(rows, errors)]
         fits = [i for i, e in enumerate(errors) if not e]
-        for r, e in zip(out, errors):
-            r["error"] = e
         start = time.time()
         prompts = [{"prompt_token_ids": ids[i]} for i in fits]
         done = self.llm.generate(prompts, self.params, use_tqdm=False) if prompts else []
@@ -120,7 +121,7 @@ def _vllm_actors(cfg: SynthConfig, timed: bool):
     # An engine books a core on CPU (it runs one OpenMP thread there) or a
     # GPU, on a node of the configured role.
     place = {"num_cpus": 1} if m.device == "cpu" else {"num_cpus": 1, "num_gpus": 1}
-    place["runtime_env"] = ENGINE_ENV
+    place["runtime_env"] = _engine_env()
     if m.node_role:
         place["resources"] = role_resources(m.node_role)
     kwargs = {"source": m.source, "engine": _engine_args(cfg), "sampling": _sampling(cfg), "chat": m.chat,
@@ -152,7 +153,7 @@ def _ray_data_llm(cfg: SynthConfig):
         # as vllm.LLM does: separate stages would be two more actors per row
         # competing for the cores the engine leaves free.
         tokenize_stage=False, detokenize_stage=False, log_engine_metrics=False,
-        should_continue_on_error=True, runtime_env=ENGINE_ENV, **extra)
+        should_continue_on_error=True, runtime_env=_engine_env(), **extra)
     # stream_interval: one output object per request at its end instead of one
     # per generated token (vllm.LLM asks for final outputs only).
     params = {**_sampling(cfg), "stream_interval": cfg.sampling.max_tokens}

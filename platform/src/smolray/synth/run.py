@@ -4,8 +4,8 @@ The driver plans every row up front (prompt or document ids are hashes of
 their content), drops the ids already on disk, streams the rest through the
 configured engine backend (smolray.synth.engines), and writes each
 `rows_per_part` results as one parquet part: written to a temporary name,
-then renamed, so a part is either whole or absent. A job that dies keeps every finished part, and a
-rerun generates only what no part holds.
+then renamed, so a part is either whole or absent. A job that dies keeps
+every finished part, and a rerun generates only what no part holds.
 """
 
 from __future__ import annotations
